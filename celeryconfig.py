@@ -1,0 +1,56 @@
+"""Celery settings for the telemetry collector.
+
+Celery reads this module when the app is first configured. Collector settings
+(``INSTANCE_ID``, ``BATCH_SIZE``, …) are applied on top of it when a worker
+starts; see ``telemetry/celery_app.py`` and the README's configuration table.
+"""
+
+import os
+
+from telemetry.queues import work_queue
+
+broker_url = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5672//")
+# Keep retrying a lost broker connection, at start-up too, instead of exiting.
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+
+# Producers get a publisher confirm for every task they send.
+broker_transport_options = {"confirm_publish": True}
+
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+# No result backend: outcomes are in MongoDB, the statistics and Flower.
+result_backend = None
+task_ignore_result = True
+
+# The delivery contract. Ack only after the task body returned (the data is
+# durable); a task that fails is rejected without requeue, so RabbitMQ
+# dead-letters it instead of Celery silently acking it; a message whose worker
+# died is requeued.
+task_acks_late = True
+task_acks_on_failure = False
+task_acks_on_timeout = False
+task_reject_on_worker_lost = True
+
+# The work is I/O-bound (a MongoDB round trip per point): threads share one
+# MongoClient and one set of counters per worker. The README has the figures.
+worker_pool = "threads"
+worker_concurrency = 10
+worker_prefetch_multiplier = 100
+worker_consumer = "telemetry.consumer:TelemetryConsumer"
+# Warm shutdown lets running tasks finish; prefetched messages go back unacked.
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# Events make every task visible in Flower without extra flags.
+worker_send_task_events = True
+task_send_sent_event = False
+
+# Every declaration of the queue must carry its dead-letter arguments, or
+# RabbitMQ refuses it; workers replace this with TELEMETRY_QUEUE's settings.
+_queue_name = os.environ.get("TELEMETRY_QUEUE", "telemetry").strip() or "telemetry"
+task_queues = [work_queue(_queue_name)]
+task_default_queue = _queue_name
+task_default_exchange = _queue_name
+task_default_routing_key = _queue_name
+task_create_missing_queues = False

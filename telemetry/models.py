@@ -1,0 +1,167 @@
+"""The message contract: what a ``telemetry.ingest`` task carries, and its validation.
+
+A task is called with two keyword arguments, ``point`` and ``metadata``; both
+are JSON objects. :func:`parse_message` turns them into a :class:`Point` and
+:class:`GpuMetadata`, or raises :class:`InvalidMessage` with a reason an
+operator can act on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from telemetry.errors import InvalidMessage
+
+MAX_LABELS_RAW_CHARS = 65_536
+MAX_FUTURE = timedelta(days=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# One Prometheus-style label: name="value", where value may hold \" and \\ escapes.
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+
+
+class Point(BaseModel):
+    """One telemetry point: a metric of one GPU with a value at a time."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    gpu_uuid: str = Field(min_length=1, max_length=256)
+    metric_name: str = Field(min_length=1, max_length=256)
+    value: float
+    timestamp: datetime
+    labels_raw: str | None = Field(default=None, max_length=MAX_LABELS_RAW_CHARS)
+
+    @field_validator("gpu_uuid", "metric_name", mode="before")
+    @classmethod
+    def _strip_name(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value.strip()
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _finite_number(cls, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError("must be a number")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"not a number: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError("must be finite (NaN and infinity are not telemetry)")
+        return number
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _real_time(cls, value: Any) -> datetime:
+        return parse_timestamp(value)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready form a producer puts in the ``point`` argument."""
+        body: dict[str, Any] = {
+            "gpu_uuid": self.gpu_uuid,
+            "metric_name": self.metric_name,
+            "value": self.value,
+            "timestamp": format_timestamp(self.timestamp),
+        }
+        if self.labels_raw is not None:
+            body["labels_raw"] = self.labels_raw
+        return body
+
+
+class GpuMetadata(BaseModel):
+    """What is known of the GPU that produced a point; every field may be absent."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    hostname: str | None = Field(default=None, max_length=256)
+    device: str | None = Field(default=None, max_length=256)
+    gpu_index: int | None = Field(default=None, ge=0)
+    model_name: str | None = Field(default=None, max_length=256)
+    container: str | None = Field(default=None, max_length=256)
+    pod: str | None = Field(default=None, max_length=256)
+    namespace: str | None = Field(default=None, max_length=256)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    def known(self) -> dict[str, Any]:
+        """The fields that have a value, so an upsert never erases what was known."""
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """Parse an RFC 3339 time into an aware UTC datetime, refusing times that are not real.
+
+    A time without an offset is taken as UTC. Times before 1970, the Unix
+    epoch itself (the usual "zero" of a missing clock) and times more than a
+    day ahead are refused.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value.strip():
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 time: {value!r}") from None
+    else:
+        raise ValueError("must be an RFC 3339 time string")
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment <= EPOCH:
+        raise ValueError(f"not a real time (zero or before 1970): {value!r}")
+    if moment > datetime.now(UTC) + MAX_FUTURE:
+        raise ValueError(f"more than a day in the future: {value!r}")
+    return moment
+
+
+def format_timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``, the form producers send."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_labels(raw: str) -> dict[str, str] | None:
+    """Parse ``name="value",…`` label text into a dict, or ``None`` if it is not that form."""
+    labels: dict[str, str] = {}
+    position = 0
+    text = raw.strip()
+    while position < len(text):
+        match = _LABEL.match(text, position)
+        if match is None:
+            return None
+        labels[match.group(1)] = re.sub(r"\\(.)", r"\1", match.group(2))
+        position = match.end()
+    return labels
+
+
+def parse_message(point: Any, metadata: Any) -> tuple[Point, GpuMetadata]:
+    """Validate a task's arguments; raise :class:`InvalidMessage` naming the first problem."""
+    if not isinstance(point, Mapping):
+        raise InvalidMessage(f"point: must be a JSON object, got {type(point).__name__}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidMessage(f"metadata: must be a JSON object, got {type(metadata).__name__}")
+    try:
+        return Point.model_validate(point), GpuMetadata.model_validate(metadata or {})
+    except ValidationError as exc:
+        raise InvalidMessage(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad field and why, for logs and the ``rejected`` collection."""
+    parts = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "message"
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            reason = "is required"
+        parts.append(f"{field}: {reason}")
+    return "; ".join(parts)

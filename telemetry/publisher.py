@@ -1,0 +1,231 @@
+"""Publishing ``telemetry.ingest`` tasks with publisher confirms, many at a time.
+
+Celery's ``delay()`` waits for each confirm in turn. Here messages are sent
+without waiting, up to ``window`` unconfirmed at once; a message counts as
+accepted only when RabbitMQ confirms it. If the connection drops, every
+unconfirmed message is sent again after reconnecting: at-least-once, and the
+collector's idempotent writes turn the repeats into counted duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from kombu import Connection, Producer
+
+from telemetry.errors import BrokerUnavailable
+from telemetry.queues import TASK_NAME, declare_topology, work_queue
+
+logger = logging.getLogger("telemetry.publisher")
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """A task message ready to publish: Celery protocol 2 headers and a JSON body."""
+
+    task_id: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: Any
+
+
+def build_task_message(
+    app: Celery, point: Mapping[str, Any], metadata: Mapping[str, Any] | None
+) -> TaskMessage:
+    """The ``telemetry.ingest`` message for one point, in Celery's own wire format."""
+    task_id = str(uuid.uuid4())
+    kwargs: dict[str, Any] = {"point": dict(point)}
+    if metadata:
+        kwargs["metadata"] = dict(metadata)
+    message = app.amqp.as_task_v2(task_id, TASK_NAME, args=(), kwargs=kwargs)
+    return TaskMessage(task_id, message.headers, dict(message.properties), message.body)
+
+
+class ConfirmingPublisher:
+    """Sends task messages to one queue and counts what the broker confirmed."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        queue_name: str,
+        window: int = 500,
+        compression: str | None = None,
+        connect_retries: int = 5,
+        on_reconnect: Callable[[int], None] | None = None,
+    ) -> None:
+        self._connection = connection
+        self._queue_name = queue_name
+        self._window = max(1, window)
+        self._compression = compression
+        self._connect_retries = connect_retries
+        self._on_reconnect = on_reconnect
+        self._pending: dict[int, TaskMessage] = {}
+        self._next_tag = 1
+        self._nacked: list[TaskMessage] = []
+        self._channel: Any = None
+        self._producer: Producer | None = None
+        self._confirms = False
+        self.confirmed = 0
+        self.resent = 0
+
+    def open(self) -> None:
+        """Connect, declare the queues and switch the channel to confirm mode.
+
+        Raises :class:`BrokerUnavailable` if the broker cannot be reached.
+        """
+        try:
+            self._connection.ensure_connection(
+                max_retries=self._connect_retries,
+                interval_start=0.5,
+                interval_step=1,
+                interval_max=5,
+            )
+            self._channel = self._connection.channel()
+            declare_topology(self._channel, self._queue_name)
+            self._confirms = hasattr(self._channel, "confirm_select")
+            if self._confirms:
+                self._channel.confirm_select()
+                self._channel.events["basic_ack"].add(self._on_ack)
+                self._channel.events["basic_nack"].add(self._on_nack)
+            self._producer = Producer(
+                self._channel,
+                exchange=work_queue(self._queue_name).exchange,
+                routing_key=self._queue_name,
+            )
+            self._next_tag = 1
+        except self._recoverable_errors() as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {self._connection.as_uri()}: {exc}"
+            ) from exc
+
+    def close(self) -> None:
+        """Release the channel and connection (unconfirmed messages are not waited for)."""
+        self._connection.release()
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages sent but not yet confirmed."""
+        return len(self._pending)
+
+    def send(self, message: TaskMessage) -> None:
+        """Send one message; blocks while ``window`` messages await their confirms."""
+        while True:
+            try:
+                self._send_once(message)
+                if len(self._pending) >= self._window:
+                    self._wait_until(self._window // 2)
+                return
+            except self._recoverable_errors() as exc:
+                self._reconnect(exc)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every sent message is confirmed, resending across reconnects."""
+        deadline = time.monotonic() + timeout_s
+        while self._pending or self._nacked:
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(
+                    f"{len(self._pending)} messages still unconfirmed after {timeout_s:.0f}s"
+                )
+            try:
+                self._wait_until(0, deadline)
+            except self._recoverable_errors() as exc:
+                self._reconnect(exc)
+
+    def _send_once(self, message: TaskMessage) -> None:
+        assert self._producer is not None, "open() first"
+        self._producer.publish(
+            message.body,
+            serializer="json",
+            compression=self._compression,
+            headers=message.headers,
+            delivery_mode=2,
+            **message.properties,
+        )
+        if self._confirms:
+            self._pending[self._next_tag] = message
+            self._next_tag += 1
+        else:
+            self.confirmed += 1
+
+    def _wait_until(self, most_pending: int, deadline: float | None = None) -> None:
+        while len(self._pending) > most_pending:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            try:
+                self._connection.drain_events(timeout=1.0)
+            except TimeoutError:
+                continue
+        self._resend_nacked()
+
+    def _resend_nacked(self) -> None:
+        while self._nacked:
+            self._send_once(self._nacked.pop())
+            self.resent += 1
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        for tag in self._settled_tags(delivery_tag, multiple):
+            del self._pending[tag]
+            self.confirmed += 1
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        for tag in self._settled_tags(delivery_tag, multiple):
+            logger.warning(
+                "Broker refused message %s; sending it again", self._pending[tag].task_id
+            )
+            self._nacked.append(self._pending.pop(tag))
+
+    def _settled_tags(self, delivery_tag: int, multiple: bool) -> list[int]:
+        if multiple:
+            return [tag for tag in self._pending if tag <= delivery_tag]
+        return [delivery_tag] if delivery_tag in self._pending else []
+
+    def _reconnect(self, exc: BaseException) -> None:
+        """Reconnect with backoff and resend everything not yet confirmed."""
+        unconfirmed = list(self._pending.values()) + self._nacked
+        logger.warning(
+            "Broker connection lost (%s); reconnecting to resend %d unconfirmed messages",
+            exc,
+            len(unconfirmed),
+        )
+        retryable: tuple[type[BaseException], ...] = (
+            BrokerUnavailable,
+            *self._recoverable_errors(),
+        )
+        for attempt in range(self._connect_retries + 1):
+            self._pending.clear()
+            self._nacked.clear()
+            try:
+                self._connection.close()
+            except self._recoverable_errors():
+                pass
+            self._connection = self._connection.clone()
+            try:
+                self.open()
+                for message in unconfirmed:
+                    self._send_once(message)
+            except retryable as again:
+                logger.warning("Reconnect attempt %d failed: %s", attempt + 1, again)
+                time.sleep(min(2.0**attempt, 10.0))
+                continue
+            self.resent += len(unconfirmed)
+            if self._on_reconnect is not None:
+                self._on_reconnect(len(unconfirmed))
+            return
+        raise BrokerUnavailable(
+            f"broker unreachable after {self._connect_retries + 1} "
+            f"reconnect attempts; {len(unconfirmed)} messages unconfirmed"
+        )
+
+    def _recoverable_errors(self) -> tuple[type[BaseException], ...]:
+        return (
+            *self._connection.recoverable_connection_errors,
+            *self._connection.recoverable_channel_errors,
+            *self._connection.connection_errors,
+            OSError,
+        )

@@ -1,0 +1,62 @@
+"""RabbitMQ topology: the work queue and where its failures are dead-lettered.
+
+::
+
+    producer ──► exchange <q> ──(<q>)──► queue <q> ──► workers
+                                           │ rejected without requeue
+                                           ▼
+                 exchange <q>.dlx ──(<q>.dead)──► queue <q>.dead
+
+Both queues are declared by everything that publishes or consumes, because
+RabbitMQ drops a dead letter whose exchange has no bound queue. Every
+declaration of ``<q>`` must carry the same arguments, or RabbitMQ refuses it,
+so this module is the only place that builds them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Exchange, Queue
+
+TASK_NAME = "telemetry.ingest"
+
+
+def dead_queue_name(queue_name: str) -> str:
+    """The queue that RabbitMQ dead-letters ``queue_name``'s failed messages into."""
+    return f"{queue_name}.dead"
+
+
+def dead_exchange_name(queue_name: str) -> str:
+    """The exchange that routes ``queue_name``'s dead letters."""
+    return f"{queue_name}.dlx"
+
+
+def work_queue(queue_name: str) -> Queue:
+    """The durable queue workers consume, with its dead-letter exchange set."""
+    return Queue(
+        queue_name,
+        Exchange(queue_name, type="direct", durable=True),
+        routing_key=queue_name,
+        durable=True,
+        queue_arguments={
+            "x-dead-letter-exchange": dead_exchange_name(queue_name),
+            "x-dead-letter-routing-key": dead_queue_name(queue_name),
+        },
+    )
+
+
+def dead_queue(queue_name: str) -> Queue:
+    """The durable queue that holds dead letters until they are replayed or purged."""
+    return Queue(
+        dead_queue_name(queue_name),
+        Exchange(dead_exchange_name(queue_name), type="direct", durable=True),
+        routing_key=dead_queue_name(queue_name),
+        durable=True,
+    )
+
+
+def declare_topology(channel: Any, queue_name: str) -> None:
+    """Declare both exchanges, both queues and their bindings on ``channel``."""
+    dead_queue(queue_name)(channel).declare()
+    work_queue(queue_name)(channel).declare()

@@ -1,0 +1,221 @@
+"""MongoDB storage: the ``telemetry``, ``gpus`` and ``rejected`` collections.
+
+Every pymongo error is translated here into :class:`StorageUnavailable`
+(transient, worth a retry) or :class:`StorageRejected` (permanent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, MongoClient
+from pymongo.database import Database
+from pymongo.errors import (
+    CollectionInvalid,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
+from pymongo.uri_parser import parse_uri
+
+from telemetry.config import Settings
+from telemetry.errors import StorageRejected, StorageUnavailable
+from telemetry.models import GpuMetadata, Point, parse_labels
+
+# Server error codes that mean "not now" rather than "never": shutdowns,
+# elections, interrupted operations and time-outs.
+TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+RAW_MESSAGE_MAX_CHARS = 16_384
+
+
+def is_transient(exc: PyMongoError) -> bool:
+    """Whether retrying the same write later can succeed."""
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return True
+    if exc.has_error_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in TRANSIENT_CODES
+
+
+@contextmanager
+def translated_errors(action: str) -> Iterator[None]:
+    """Turn pymongo errors into the collector's own, keeping the cause."""
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        if is_transient(exc):
+            raise StorageUnavailable(f"{action}: {exc}") from exc
+        raise StorageRejected(f"{action}: {exc}") from exc
+
+
+class MongoTelemetryStore:
+    """Writes points, GPU records and rejected messages to one MongoDB database."""
+
+    def __init__(self, database: Database[dict[str, Any]], settings: Settings) -> None:
+        self._db = database
+        self._settings = settings
+        self._indexes_ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def database(self) -> Database[dict[str, Any]]:
+        """The database this store writes to."""
+        return self._db
+
+    def ensure_indexes(self) -> None:
+        """Create collections and indexes if missing; safe to call from any worker, any time."""
+        if self._indexes_ready:
+            return
+        with self._lock, translated_errors("creating indexes"):
+            if self._indexes_ready:
+                return
+            telemetry = self._db["telemetry"]
+            # The unique key is what makes a redelivered message store nothing twice.
+            telemetry.create_index(
+                [("gpu_uuid", ASCENDING), ("metric_name", ASCENDING), ("timestamp", ASCENDING)],
+                unique=True,
+                name="point_key",
+            )
+            telemetry.create_index(
+                [("gpu_uuid", ASCENDING), ("timestamp", ASCENDING)], name="gpu_time"
+            )
+            if self._settings.retention_days > 0:
+                telemetry.create_index(
+                    "timestamp",
+                    name="retention",
+                    expireAfterSeconds=self._settings.retention_days * 86_400,
+                )
+            self._db["gpus"].create_index("hostname", name="hostname")
+            # Capped, so a flood of bad input cannot fill the disk.
+            with contextlib.suppress(CollectionInvalid):  # already there
+                self._db.create_collection(
+                    "rejected",
+                    capped=True,
+                    size=max(self._settings.rejected_max_docs * 20_000, 1 << 20),
+                    max=self._settings.rejected_max_docs,
+                )
+            self._indexes_ready = True
+
+    def upsert_gpu(self, point: Point, metadata: GpuMetadata, now: datetime) -> None:
+        """Record the GPU with what this message knows of it; idempotent."""
+        fields = metadata.known()
+        fields["updated_at"] = now
+        with translated_errors("upserting GPU"):
+            self._db["gpus"].update_one(
+                {"_id": point.gpu_uuid},
+                {
+                    "$set": fields,
+                    "$min": {"first_seen": point.timestamp},
+                    "$max": {"last_seen": point.timestamp},
+                },
+                upsert=True,
+            )
+
+    def insert_point(self, point: Point, metadata: GpuMetadata, now: datetime) -> bool:
+        """Store one point; return False when it was stored before (a duplicate)."""
+        self.ensure_indexes()
+        document = point_document(point, metadata, now)
+        with translated_errors("storing point"):
+            try:
+                self._db["telemetry"].insert_one(document)
+            except DuplicateKeyError:
+                return False
+        return True
+
+    def record_rejected(self, reason: str, message_id: str | None, raw: Any) -> None:
+        """Keep an invalid message where an operator can see it."""
+        self.ensure_indexes()
+        text = raw if isinstance(raw, str) else repr(raw)
+        with translated_errors("recording rejected message"):
+            self._db["rejected"].insert_one(
+                {
+                    "reason": reason,
+                    "message_id": message_id,
+                    "raw": text[:RAW_MESSAGE_MAX_CHARS],
+                    "truncated": len(text) > RAW_MESSAGE_MAX_CHARS,
+                    "rejected_at": datetime.now(UTC),
+                }
+            )
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the server answers."""
+        with translated_errors("ping"):
+            self._db.client.admin.command("ping")
+
+
+def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[str, Any]:
+    """The ``telemetry`` document for one point."""
+    document: dict[str, Any] = {
+        "gpu_uuid": point.gpu_uuid,
+        "metric_name": point.metric_name,
+        "value": point.value,
+        "timestamp": point.timestamp,
+        "hostname": metadata.hostname,
+        "ingested_at": now,
+    }
+    labels = parse_labels(point.labels_raw) if point.labels_raw else {}
+    if labels is None:
+        # Unparseable labels are kept verbatim rather than dropped.
+        document["labels"] = {}
+        document["labels_raw"] = point.labels_raw
+    else:
+        document["labels"] = labels
+    return document
+
+
+def open_store(settings: Settings) -> MongoTelemetryStore:
+    """Connect to MongoDB as the settings say; the client connects lazily."""
+    options: dict[str, Any] = {"maxPoolSize": settings.max_concurrent_handlers}
+    given = {key.lower() for key in uri_options(settings.mongodb_uri)}
+    # The URI wins over our defaults; keyword arguments would win over the URI.
+    if "serverselectiontimeoutms" not in given:
+        options["serverSelectionTimeoutMS"] = settings.mongo_timeout_ms
+    if "connecttimeoutms" not in given:
+        options["connectTimeoutMS"] = settings.mongo_timeout_ms
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        settings.mongodb_uri, tz_aware=True, **options
+    )
+    return MongoTelemetryStore(client[settings.mongodb_db], settings)
+
+
+def uri_options(uri: str) -> dict[str, Any]:
+    """The options written in a MongoDB URI (empty for SRV URIs, which need DNS)."""
+    if uri.startswith("mongodb+srv://"):
+        return {}
+    return dict(parse_uri(uri)["options"])
+
+
+class LazyStore:
+    """One store per process, made on first use: pymongo clients are not fork-safe."""
+
+    def __init__(self, factory: Callable[[], MongoTelemetryStore]) -> None:
+        self._factory = factory
+        self._store: MongoTelemetryStore | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> MongoTelemetryStore:
+        """The store, created the first time it is asked for."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._factory()
+        return self._store
+
+    def reset(self, factory: Callable[[], MongoTelemetryStore] | None = None) -> None:
+        """Forget the store (and optionally change how the next one is made)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.database.client.close()
+            self._store = None
+            if factory is not None:
+                self._factory = factory

@@ -1,0 +1,109 @@
+"""Shared fixtures. Servers are pinged; under CI=true a missing server fails the run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import mongomock
+import pytest
+
+from telemetry.config import Settings, load_settings
+from telemetry.stats import Stats
+from telemetry.storage import MongoTelemetryStore
+
+# Variables the collector reads; cleared so a developer's shell cannot change a test.
+COLLECTOR_ENV = (
+    "INSTANCE_ID",
+    "BATCH_SIZE",
+    "MAX_CONCURRENT_HANDLERS",
+    "QUEUE_BUFFER_SIZE",
+    "QUEUE_WORKERS",
+    "CELERY_BROKER_URL",
+    "MONGODB_URI",
+    "MONGODB_DB",
+    "TELEMETRY_QUEUE",
+    "MAX_RETRIES",
+    "RETRY_BACKOFF_S",
+    "RETRY_BACKOFF_MAX_S",
+    "STATS_INTERVAL_S",
+    "MONGO_TIMEOUT_MS",
+    "REJECTED_MAX_DOCS",
+    "RETENTION_DAYS",
+    "CSV_PATH",
+    "STREAM_INTERVAL",
+    "LOOP_MODE",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without the collector's environment variables."""
+    for name in COLLECTOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Default settings with a fixed instance id."""
+    return load_settings(env={}, overrides={"instance_id": "test-1"})
+
+
+@pytest.fixture
+def mock_store(settings: Settings) -> MongoTelemetryStore:
+    """A store on an in-memory mongomock database."""
+    client: mongomock.MongoClient = mongomock.MongoClient(tz_aware=True)
+    database = client["telemetry"]
+    # mongomock cannot make capped collections; the capped one is covered against SecantusDB.
+    database.create_collection("rejected")
+    return MongoTelemetryStore(database, settings)
+
+
+@pytest.fixture
+def stats() -> Stats:
+    """Fresh counters."""
+    return Stats()
+
+
+@pytest.fixture
+def sample_point() -> dict[str, object]:
+    """One valid point as a producer sends it."""
+    return {
+        "gpu_uuid": "GPU-5fd4f087-86f3-7a43-b711-4771313afc50",
+        "metric_name": "DCGM_FI_DEV_GPU_UTIL",
+        "value": 87.5,
+        "timestamp": "2025-07-18T20:42:34Z",
+        "labels_raw": 'DCGM_FI_DRIVER_VERSION="535.129.03",Hostname="mtv5-dgx1-hgpu-031",gpu="0"',
+    }
+
+
+@pytest.fixture
+def sample_metadata() -> dict[str, object]:
+    """The metadata that goes with :func:`sample_point`."""
+    return {
+        "hostname": "mtv5-dgx1-hgpu-031",
+        "device": "nvidia0",
+        "gpu_index": 0,
+        "model_name": "NVIDIA H100 80GB HBM3",
+    }
+
+
+def server_missing(what: str, error: BaseException) -> None:
+    """Skip on a laptop, but fail under CI: a missing server must never look green."""
+    message = f"{what} is not reachable: {error}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/integration are marked ``integration``."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def tmp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """monkeypatch, named for tests that only set environment variables."""
+    yield monkeypatch

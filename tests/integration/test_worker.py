@@ -1,0 +1,185 @@
+"""The collector end to end: real worker processes, the real RabbitMQ, SecantusDB over the wire."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from kombu import Connection
+from pymongo.database import Database
+
+from telemetry.celery_app import app
+from telemetry.embedded import SecantusServer
+from telemetry.publisher import ConfirmingPublisher, build_task_message
+from telemetry.queues import dead_queue_name
+from tests.integration.conftest import (
+    WorkerProcess,
+    make_points,
+    publish_points,
+    queue_depth,
+    wait_for,
+)
+
+
+def final_stats(worker: WorkerProcess) -> dict[str, Any]:
+    """The statistics line the worker logged last (at shutdown, once stopped)."""
+    lines = [line for line in worker.log().splitlines() if '"Collector statistics"' in line]
+    assert lines, "the worker logged no statistics line"
+    stats: dict[str, Any] = json.loads(lines[-1])
+    return stats
+
+
+def test_points_are_ingested_end_to_end_with_matching_statistics(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given
+    worker = start_worker()
+    points = make_points(300, gpus=12)
+    # when
+    publish_points(publisher, points, {"hostname": "node-1", "model_name": "H100"})
+    wait_for(lambda: database["telemetry"].count_documents({}) == 300, 60, "300 stored points")
+    # then
+    assert database["gpus"].count_documents({}) == 12
+    assert database["gpus"].count_documents({"hostname": "node-1", "model_name": "H100"}) == 12
+    assert {index["name"] for index in database["telemetry"].list_indexes()} >= {
+        "point_key",
+        "gpu_time",
+    }
+    assert worker.stop() == 0
+    stats = final_stats(worker)
+    assert stats["instance_id"] == "worker-1"
+    assert (
+        stats["telemetry_stored"],
+        stats["messages_processed"],
+        stats["queue_delivered"],
+        stats["messages_errors"],
+        stats["duplicates"],
+    ) == (300, 300, 300, 0, 0)
+    assert queue_depth(broker_url, queue_name) == 0
+
+
+def test_the_same_message_delivered_twice_is_stored_once(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+) -> None:
+    # given
+    worker = start_worker()
+    message = build_task_message(app, make_points(1)[0], None)
+    # when
+    publisher.send(message)
+    publisher.send(message)
+    publisher.flush()
+    # then
+    wait_for(lambda: '"duplicates": 1' in worker.log(), 30, "the duplicate to be counted")
+    assert database["telemetry"].count_documents({}) == 1
+    worker.stop()
+    stats = final_stats(worker)
+    assert (stats["telemetry_stored"], stats["duplicates"]) == (1, 1)
+
+
+def test_invalid_messages_are_recorded_acked_and_the_worker_goes_on(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given
+    worker = start_worker()
+    valid = make_points(20)
+    invalid = [
+        dict(valid[0], gpu_uuid=""),
+        dict(valid[1], timestamp="0001-01-01T00:00:00Z"),
+        dict(valid[2], value="NaN"),
+    ]
+    # when
+    publish_points(publisher, invalid + valid)
+    with Connection(broker_url) as connection:
+        producer = connection.Producer()
+        producer.publish(
+            b"{not json",
+            exchange=queue_name,
+            routing_key=queue_name,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": "telemetry.ingest", "id": "garbage-1"},
+        )
+    # then
+    wait_for(lambda: database["telemetry"].count_documents({}) == 20, 30, "the valid points")
+    wait_for(lambda: database["rejected"].count_documents({}) == 4, 30, "4 rejected records")
+    assert database["rejected"].options()["capped"] is True
+    reasons = sorted(doc["reason"] for doc in database["rejected"].find())
+    assert reasons[0].startswith("cannot decode body")
+    assert any(reason.startswith("value: must be finite") for reason in reasons)
+    worker.stop()
+    stats = final_stats(worker)
+    assert (
+        stats["messages_errors"],
+        stats["telemetry_stored"],
+        stats["messages_processed"],
+        stats["retries"],
+        stats["dead_lettered"],
+    ) == (4, 20, 24, 0, 0)
+    assert queue_depth(broker_url, queue_name) == 0
+    assert queue_depth(broker_url, dead_queue_name(queue_name)) == 0
+
+
+def test_storage_outage_is_retried_then_dead_lettered(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    broker_url: str,
+    queue_name: str,
+    tmp_path: Any,
+) -> None:
+    # given: a worker on a database server of its own, which is then stopped
+    server = SecantusServer(":memory:", log_path=tmp_path / "down.log")
+    server.start()
+    worker = start_worker(mongodb_uri=server.uri, max_retries="2", retry_backoff_s="0.2")
+    server.stop()
+    # when
+    publish_points(publisher, make_points(3))
+    # then
+    dead = dead_queue_name(queue_name)
+    wait_for(lambda: queue_depth(broker_url, dead) == 3, 60, "3 dead-lettered messages")
+    worker.stop()
+    stats = final_stats(worker)
+    assert (stats["retries"], stats["dead_lettered"], stats["telemetry_stored"]) == (6, 3, 0)
+    assert queue_depth(broker_url, queue_name) == 0
+    assert "Storage unavailable" in worker.log()
+
+
+def test_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given: a backlog, and a worker killed while it works through it
+    points = make_points(1500)
+    publish_points(publisher, points)
+    first = start_worker()
+    wait_for(lambda: database["telemetry"].count_documents({}) >= 100, 60, "some progress")
+    first.stop(signal.SIGKILL)
+    # when
+    start_worker()
+
+    # then
+    def stored() -> int:
+        return database["telemetry"].count_documents({})
+
+    wait_for(lambda: stored() == 1500, 120, "all 1500 points", stored)
+    assert len(database["telemetry"].distinct("timestamp")) == 1500
+    wait_for(
+        lambda: queue_depth(broker_url, queue_name) == 0,
+        30,
+        "an empty queue",
+        lambda: queue_depth(broker_url, queue_name),
+    )

@@ -1,0 +1,124 @@
+"""Validation rules of the message contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from telemetry.errors import InvalidMessage
+from telemetry.models import GpuMetadata, Point, format_timestamp, parse_labels, parse_message
+
+
+def point_with(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "gpu_uuid": "GPU-1",
+        "metric_name": "DCGM_FI_DEV_GPU_TEMP",
+        "value": 41,
+        "timestamp": "2025-07-18T20:42:34Z",
+    }
+    base.update(changes)
+    return {key: value for key, value in base.items() if value is not ...}
+
+
+def test_valid_point_parses_to_utc_datetime_and_float() -> None:
+    point, metadata = parse_message(point_with(), None)
+    assert point.timestamp == datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
+    assert point.value == 41.0
+    assert metadata == GpuMetadata()
+
+
+def test_numeric_string_value_is_converted() -> None:
+    point, _ = parse_message(point_with(value=" 75 "), None)
+    assert point.value == 75.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"gpu_uuid": ...}, "gpu_uuid: is required"),
+        ({"gpu_uuid": ""}, "gpu_uuid"),
+        ({"gpu_uuid": "   "}, "gpu_uuid"),
+        ({"gpu_uuid": 12}, "gpu_uuid: must be a string"),
+        ({"metric_name": ...}, "metric_name: is required"),
+        ({"metric_name": ""}, "metric_name"),
+        ({"timestamp": ...}, "timestamp: is required"),
+        ({"timestamp": ""}, "timestamp"),
+        ({"timestamp": "yesterday"}, "not an RFC 3339 time"),
+        ({"timestamp": "0001-01-01T00:00:00Z"}, "zero or before 1970"),
+        ({"timestamp": "1970-01-01T00:00:00Z"}, "zero or before 1970"),
+        ({"timestamp": "1969-12-31T23:59:59Z"}, "zero or before 1970"),
+        ({"timestamp": "9999-12-31T23:59:59Z"}, "future"),
+        ({"timestamp": 1752871354}, "must be an RFC 3339 time string"),
+        ({"value": "seventy"}, "not a number"),
+        ({"value": "nan"}, "finite"),
+        ({"value": float("inf")}, "finite"),
+        ({"value": True}, "must be a number"),
+        ({"value": None}, "must be a number"),
+        ({"value": ...}, "value: is required"),
+        ({"labels_raw": "x" * 70_000}, "labels_raw"),
+    ],
+)
+def test_invalid_point_is_refused_with_the_field_named(
+    changes: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidMessage, match=fragment):
+        parse_message(point_with(**changes), None)
+
+
+def test_point_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(InvalidMessage, match="point: must be a JSON object, got list"):
+        parse_message([1, 2], None)
+
+
+def test_metadata_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(InvalidMessage, match="metadata: must be a JSON object"):
+        parse_message(point_with(), "host-1")
+
+
+def test_time_without_offset_is_taken_as_utc() -> None:
+    point, _ = parse_message(point_with(timestamp="2025-07-18T20:42:34"), None)
+    assert point.timestamp.tzinfo is UTC
+
+
+def test_time_with_offset_is_converted_to_utc() -> None:
+    point, _ = parse_message(point_with(timestamp="2025-07-18T22:42:34+02:00"), None)
+    assert point.timestamp == datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
+
+
+def test_time_a_little_ahead_is_accepted_for_clock_skew() -> None:
+    ahead = format_timestamp(datetime.now(UTC) + timedelta(minutes=5))
+    point, _ = parse_message(point_with(timestamp=ahead), None)
+    assert point.timestamp > datetime.now(UTC)
+
+
+def test_blank_metadata_fields_are_absent_and_gpu_index_is_converted() -> None:
+    _, metadata = parse_message(point_with(), {"hostname": "h1", "pod": "", "gpu_index": "3"})
+    assert metadata.known() == {"hostname": "h1", "gpu_index": 3}
+
+
+def test_unknown_fields_are_ignored() -> None:
+    point, metadata = parse_message(point_with(extra=1), {"rack": "r1"})
+    assert point.gpu_uuid == "GPU-1"
+    assert metadata.known() == {}
+
+
+def test_wire_form_round_trips() -> None:
+    point = Point.model_validate(point_with(labels_raw='a="1"'))
+    assert Point.model_validate(point.wire()) == point
+    assert point.wire()["timestamp"] == "2025-07-18T20:42:34Z"
+
+
+def test_labels_with_escaped_quotes_and_commas_parse() -> None:
+    raw = 'a="1",msg="x, \\"quoted\\" y",__name__="DCGM_FI_DEV_GPU_UTIL"'
+    assert parse_labels(raw) == {
+        "a": "1",
+        "msg": 'x, "quoted" y',
+        "__name__": "DCGM_FI_DEV_GPU_UTIL",
+    }
+
+
+@pytest.mark.parametrize("raw", ["a=1", 'a="1" b="2"', '="x"', 'a="unterminated'])
+def test_labels_in_another_form_are_not_parsed(raw: str) -> None:
+    assert parse_labels(raw) is None
