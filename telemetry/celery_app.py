@@ -24,7 +24,7 @@ from telemetry import runtime
 from telemetry.config import Settings, load_settings
 from telemetry.errors import ConfigError, TelemetryError
 from telemetry.queues import dead_queue_name, declare_topology, work_queue
-from telemetry.stats import STATS, StatsReporter
+from telemetry.stats import STATS, StatsReporter, log_stats_as_bare_json
 
 logger = logging.getLogger("telemetry.worker")
 
@@ -110,18 +110,6 @@ for _name, (_type, _help) in WORKER_FLAGS.items():
 _reporter: StatsReporter | None = None
 
 
-def _configure_stats_logger() -> None:
-    """Statistics lines are bare JSON, so log shippers can parse them as they are."""
-    stats_logger = logging.getLogger("telemetry.stats")
-    if not stats_logger.handlers:
-        # Celery swaps sys.stderr for a logging proxy; write to the real stream.
-        handler = logging.StreamHandler(sys.__stderr__)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        stats_logger.addHandler(handler)
-        stats_logger.propagate = False
-        stats_logger.setLevel(logging.INFO)
-
-
 def _on_worker_ready(sender: Any, **_: Any) -> None:
     global _reporter
     settings = runtime.current_settings()
@@ -136,7 +124,7 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
     except TelemetryError as exc:
         # Not fatal: the first write ensures them again, and retries until it can.
         logger.error("MongoDB not ready at start-up, indexes will be created later: %s", exc)
-    _configure_stats_logger()
+    log_stats_as_bare_json()
     _reporter = StatsReporter(STATS, settings.instance_id, settings.stats_interval_s)
     _reporter.start()
     logger.info(

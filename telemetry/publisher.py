@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Connection, Producer
+from kombu.exceptions import OperationalError
 
 from telemetry.errors import BrokerUnavailable
 from telemetry.queues import TASK_NAME, declare_topology, work_queue
@@ -43,7 +44,13 @@ def build_task_message(
     kwargs: dict[str, Any] = {"point": dict(point)}
     if metadata:
         kwargs["metadata"] = dict(metadata)
-    message = app.amqp.as_task_v2(task_id, TASK_NAME, args=(), kwargs=kwargs)
+    # A short summary instead of Celery's saferepr of the whole payload, which
+    # cost three quarters of the time it took to build a message (profiled).
+    described = f"{point.get('gpu_uuid')} {point.get('metric_name')} @ {point.get('timestamp')}"
+    summary = f"{{'point': '{described}'}}"
+    message = app.amqp.as_task_v2(
+        task_id, TASK_NAME, args=(), kwargs=kwargs, argsrepr="()", kwargsrepr=summary
+    )
     return TaskMessage(task_id, message.headers, dict(message.properties), message.body)
 
 
@@ -74,14 +81,15 @@ class ConfirmingPublisher:
         self.confirmed = 0
         self.resent = 0
 
-    def open(self) -> None:
+    def open(self, retries: int | None = None) -> None:
         """Connect, declare the queues and switch the channel to confirm mode.
 
-        Raises :class:`BrokerUnavailable` if the broker cannot be reached.
+        Raises :class:`BrokerUnavailable` if the broker cannot be reached
+        after ``retries`` more tries (default: the reconnect budget).
         """
         try:
             self._connection.ensure_connection(
-                max_retries=self._connect_retries,
+                max_retries=self._connect_retries if retries is None else retries,
                 interval_start=0.5,
                 interval_step=1,
                 interval_max=5,
@@ -224,6 +232,7 @@ class ConfirmingPublisher:
 
     def _recoverable_errors(self) -> tuple[type[BaseException], ...]:
         return (
+            OperationalError,
             *self._connection.recoverable_connection_errors,
             *self._connection.recoverable_channel_errors,
             *self._connection.connection_errors,

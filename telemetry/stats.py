@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
 
 COUNTERS = (
     "messages_processed",
@@ -93,6 +95,21 @@ class StatsReporter:
     def _run(self) -> None:
         while not self._stopped.wait(self._interval_s):
             self._emit(stats_line(self._stats, self._instance_id))
+
+
+def log_stats_as_bare_json(stream: TextIO | None = None) -> None:
+    """Statistics lines go out without a log prefix, so log shippers can parse them as JSON.
+
+    The default stream is the real stderr: Celery swaps ``sys.stderr`` for a
+    logging proxy in workers.
+    """
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(stream or sys.__stderr__)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
 
 
 STATS = Stats()

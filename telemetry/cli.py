@@ -1,0 +1,190 @@
+"""The ``telemetry`` command: ``stream`` and ``demo``. Argument handling only."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Literal, NoReturn, cast
+
+import click
+
+from telemetry.config import load_settings
+from telemetry.dcgm import CsvFormatError
+from telemetry.errors import ConfigError, TelemetryError
+from telemetry.stats import log_stats_as_bare_json
+
+SAMPLE_CSV = Path(__file__).parent / "data" / "dcgm_metrics_20250718_134233.csv"
+
+
+def setup_logging(verbose: bool) -> None:
+    """Readable log lines on stderr; statistics lines stay bare JSON."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log_stats_as_bare_json(sys.stderr)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by the first SIGINT or SIGTERM; a second SIGINT interrupts at once."""
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        click.echo(
+            f"\n{signal.Signals(signum).name}: finishing what is in flight "
+            "(press Ctrl-C again to abort)",
+            err=True,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line and exit with ``code``."""
+    click.echo(f"telemetry: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def main(verbose: bool) -> None:
+    """GPU telemetry: stream DCGM CSV to the collector, or run the whole pipeline."""
+    setup_logging(verbose)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--loop/--no-loop", default=None, help="Stream the files forever. [LOOP_MODE]")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to pause between rows. [STREAM_INTERVAL]",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Most points per second.",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Stop after N points.")
+@click.option(
+    "--timestamps",
+    type=click.Choice(["now", "csv"]),
+    default="now",
+    show_default=True,
+    help="Stamp points with the time they are sent, or keep the file's times.",
+)
+@click.option("--instance-id", default=None, help="Name in logs and statistics. [INSTANCE_ID]")
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "zlib", "bzip2"]),
+    default=None,
+    help="Compress message bodies (workers decode them on their own).",
+)
+@click.option(
+    "--max-backlog",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pause while the queue holds more than this. "
+    "[STREAM_MAX_BACKLOG; default 100 x QUEUE_BUFFER_SIZE]",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar (default: only on a terminal).",
+)
+def stream(
+    paths: tuple[Path, ...],
+    loop: bool | None,
+    interval: float | None,
+    rate: float | None,
+    limit: int | None,
+    timestamps: str,
+    instance_id: str | None,
+    compression: str | None,
+    max_backlog: int | None,
+    progress: bool | None,
+) -> None:
+    """Send each row of DCGM CSV files as one telemetry.ingest task (PATHS or $CSV_PATH)."""
+    from telemetry.streamer import options_from, run_stream
+
+    try:
+        settings = load_settings(overrides={"instance_id": instance_id})
+        options = options_from(
+            settings,
+            paths,
+            loop,
+            interval,
+            rate,
+            limit,
+            cast(Literal["now", "csv"], timestamps),
+            max_backlog,
+        )
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        report = run_stream(settings, options, compression, progress, stop_on_signals())
+    except (CsvFormatError, OSError) as exc:
+        fail(str(exc), 2)
+    except TelemetryError as exc:
+        fail(str(exc), 1)
+    sys.exit(0 if report.confirmed == report.rows_sent else 1)
+
+
+@main.command()
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=SAMPLE_CSV,
+    show_default="the bundled DCGM sample",
+    help="The file to stream.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("telemetry-data"),
+    show_default=True,
+    help="Where the embedded database keeps its files.",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Stream only N points.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress bars (default: only on a terminal).",
+)
+def demo(csv_path: Path, data_dir: Path, limit: int | None, progress: bool | None) -> None:
+    """Run the whole pipeline on one machine, with no servers needed.
+
+    Starts an embedded MongoDB-compatible server and an in-process broker and
+    worker (or uses CELERY_BROKER_URL / MONGODB_URI when set), streams the
+    CSV, and shows what was stored. Exits 0 only if every valid row was stored.
+    """
+    from telemetry.demo import run_demo
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        ok = run_demo(settings, csv_path, data_dir, limit, progress, stop_on_signals())
+    except (CsvFormatError, OSError) as exc:
+        fail(str(exc), 2)
+    except TelemetryError as exc:
+        fail(str(exc), 1)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

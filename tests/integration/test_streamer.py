@@ -1,0 +1,122 @@
+"""The streamer and the demo against real processes and the real RabbitMQ."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo.database import Database
+
+from telemetry.cli import SAMPLE_CSV
+from telemetry.config import load_settings
+from telemetry.dcgm import Row, read_dcgm_csv
+from telemetry.streamer import StreamOptions, run_stream
+from tests.conftest import COLLECTOR_ENV
+from tests.integration.conftest import REPO, WorkerProcess, queue_depth, wait_for
+
+TELEMETRY = [sys.executable, "-m", "telemetry.cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in COLLECTOR_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def test_sample_file_is_confirmed_by_the_broker_row_for_row(
+    broker_url: str, queue_name: str
+) -> None:
+    # given
+    settings = load_settings(env={}, overrides={"broker_url": broker_url, "queue_name": queue_name})
+    # when
+    report = run_stream(settings, StreamOptions(paths=[SAMPLE_CSV]), show_progress=False)
+    # then
+    assert (report.rows_sent, report.confirmed, report.errors) == (2470, 2470, 0)
+    assert queue_depth(broker_url, queue_name) == 2470
+
+
+def test_stream_command_stores_good_rows_and_reports_bad_ones_by_line(
+    start_worker: Callable[..., WorkerProcess],
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+    mongo_server: Any,
+    tmp_path: Path,
+) -> None:
+    # given: 40 rows of the sample, two of them broken
+    lines = SAMPLE_CSV.read_text().splitlines()[:41]
+    lines[5] = lines[5].replace('"GPU-', '"" ,"GPU-', 1)
+    lines[9] = lines[9].replace('","DCGM_FI_DEV_GPU_UTIL","', '","","', 1)
+    path = tmp_path / "injected.csv"
+    path.write_text("\n".join(lines) + "\n")
+    start_worker()
+    # when
+    result = subprocess.run(
+        [*TELEMETRY, "stream", str(path), "--timestamps", "csv"],
+        env=clean_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # then
+    assert result.returncode == 0, result.stderr
+    assert f"bad row  {path}:6: expected 12 fields, got 13" in result.stdout
+    assert f"bad row  {path}:10: metric_name:" in result.stdout
+    assert "confirmed by the broker: 38" in result.stdout
+    assert '"component": "streamer"' in result.stderr
+    wait_for(
+        lambda: database["telemetry"].count_documents({}) == 38,
+        60,
+        "38 stored points",
+        lambda: database["telemetry"].count_documents({}),
+    )
+
+
+def test_stream_command_with_broker_down_fails_at_once_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*TELEMETRY, "stream", str(SAMPLE_CSV)],
+        env=clean_env(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "telemetry: cannot reach the broker at amqp://guest:**@127.0.0.1:1//"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_whole_pipeline_with_no_servers(tmp_path: Path, broker_url: str) -> None:
+    # broker_url is requested only so that the suite's server checks run first.
+    small = tmp_path / "small.csv"
+    small.write_text("\n".join(SAMPLE_CSV.read_text().splitlines()[:51]) + "\n")
+    result = subprocess.run(
+        [
+            *TELEMETRY,
+            "demo",
+            "--csv",
+            str(small),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-progress",
+        ],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Broker:   memory:// (in-process)" in result.stdout
+    assert f"data in {tmp_path / 'data'}" in result.stdout
+    assert "OK: 50 points sent, 50 confirmed, 50 stored (50 new in the database)" in result.stdout
+    rows = [row for row in read_dcgm_csv(small) if isinstance(row, Row)]
+    hosts = {row.metadata.hostname for row in rows}
+    gpus = {row.point.gpu_uuid for row in rows}
+    assert f"GPUs per host ({len(hosts)} hosts, {len(gpus)} GPUs)" in result.stdout

@@ -1,0 +1,95 @@
+"""docker-compose.yml and the Dockerfile, checked against the code (Docker cannot run here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from telemetry.celery_app import WORKER_FLAGS
+from telemetry.cli import SAMPLE_CSV, main
+from telemetry.config import ENV_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+STREAMER_ENV = {"CSV_PATH", "LOOP_MODE", "STREAM_INTERVAL", "STREAM_MAX_BACKLOG"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """The parsed compose file."""
+    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_compose_has_the_five_services_with_healthy_dependencies(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"rabbitmq", "mongo", "worker", "flower", "streamer"}
+    assert "management" in services["rabbitmq"]["image"]
+    for name in ("rabbitmq", "mongo"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD"
+    for name in ("worker", "flower", "streamer"):
+        assert services[name]["depends_on"] == {
+            "rabbitmq": {"condition": "service_healthy"},
+            "mongo": {"condition": "service_healthy"},
+        }
+    assert "mongo-data:/data/db" in services["mongo"]["volumes"]
+
+
+def test_worker_runs_the_documented_command(compose: dict[str, Any]) -> None:
+    command = compose["services"]["worker"]["command"]
+    assert command[:6] == ["celery", "-A", "telemetry", "worker", "-c", "10"]
+
+
+def test_flower_has_port_auth_and_the_management_api(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    assert flower["command"][:4] == ["celery", "-A", "telemetry", "flower"]
+    assert "5555:5555" in flower["ports"]
+    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    assert re.match(r"http://.+@rabbitmq:15672/api/$", flower["environment"]["FLOWER_BROKER_API"])
+    assert "15672:15672" in compose["services"]["rabbitmq"]["ports"]
+
+
+def test_streamer_loops_over_the_sample_shipped_in_the_image(compose: dict[str, Any]) -> None:
+    streamer = compose["services"]["streamer"]
+    assert streamer["command"][:2] == ["telemetry", "stream"]
+    assert streamer["command"][1] in main.commands
+    env = streamer["environment"]
+    assert env["LOOP_MODE"] == "true"
+    # The Dockerfile copies telemetry/ to /app/telemetry.
+    assert env["CSV_PATH"] == f"/app/{SAMPLE_CSV.relative_to(REPO)}"
+
+
+def test_every_variable_in_the_compose_file_is_one_the_code_reads(
+    compose: dict[str, Any],
+) -> None:
+    known = set(ENV_NAMES.values()) | STREAMER_ENV | {"FLOWER_BASIC_AUTH", "FLOWER_BROKER_API"}
+    for name in ("worker", "flower", "streamer"):
+        unknown = set(compose["services"][name]["environment"]) - known
+        assert not unknown, f"{name} sets variables nothing reads: {unknown}"
+
+
+def test_broker_and_database_urls_point_at_the_compose_services(compose: dict[str, Any]) -> None:
+    env = compose["services"]["worker"]["environment"]
+    assert re.match(r"amqp://.+@rabbitmq:5672//$", env["CELERY_BROKER_URL"])
+    assert env["MONGODB_URI"] == "mongodb://mongo:27017"
+
+
+def test_dockerfile_ships_the_package_and_the_celery_config() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "COPY pyproject.toml README.md celeryconfig.py ./" in dockerfile
+    assert "COPY telemetry ./telemetry" in dockerfile
+    assert "WORKDIR /app" in dockerfile
+    assert "pip install --no-cache-dir ." in dockerfile
+
+
+def test_worker_flags_cover_the_seed_settings() -> None:
+    assert {
+        "instance_id",
+        "batch_size",
+        "max_concurrent_handlers",
+        "queue_buffer_size",
+        "queue_workers",
+    } <= set(WORKER_FLAGS)

@@ -1,0 +1,163 @@
+"""The streamer with a fake publisher: pacing, limits, bad rows, backpressure, stop, options."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from telemetry.cli import SAMPLE_CSV
+from telemetry.config import Settings
+from telemetry.dcgm import Row
+from telemetry.errors import ConfigError
+from telemetry.publisher import TaskMessage
+from telemetry.streamer import Streamer, StreamOptions, options_from
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class FakePublisher:
+    """Confirms everything on flush, and remembers what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[TaskMessage] = []
+        self.confirmed = 0
+
+    def send(self, message: TaskMessage) -> None:
+        self.sent.append(message)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.confirmed = len(self.sent)
+
+
+def build(row: Row, stamp: datetime) -> TaskMessage:
+    point = dict(row.point.wire(), timestamp=stamp.isoformat())
+    return TaskMessage(f"{row.line}", {}, {}, {"point": point})
+
+
+def test_sample_file_is_sent_whole_with_csv_timestamps() -> None:
+    # given
+    publisher = FakePublisher()
+    options = StreamOptions(paths=[SAMPLE_CSV], timestamps="csv")
+    # when
+    report = Streamer(publisher, build, options).run()
+    # then
+    assert (report.rows_read, report.rows_sent, report.confirmed, report.errors) == (
+        2470,
+        2470,
+        2470,
+        0,
+    )
+    assert publisher.sent[0].body["point"]["timestamp"] == "2025-07-18T20:42:34+00:00"
+
+
+def test_now_timestamps_stamp_each_point_when_it_is_sent() -> None:
+    publisher = FakePublisher()
+    before = datetime.now(UTC)
+    Streamer(publisher, build, StreamOptions(paths=[SAMPLE_CSV], limit=3)).run()
+    stamps = [datetime.fromisoformat(m.body["point"]["timestamp"]) for m in publisher.sent]
+    assert len(stamps) == 3 and all(stamp >= before for stamp in stamps)
+
+
+def test_limit_stops_after_n_points_and_loop_repeats_the_file(tmp_path: Path) -> None:
+    small = tmp_path / "small.csv"
+    small.write_text("\n".join(SAMPLE_CSV.read_text().splitlines()[:4]) + "\n")
+    publisher = FakePublisher()
+    report = Streamer(publisher, build, StreamOptions(paths=[small], loop=True, limit=10)).run()
+    assert report.rows_sent == 10
+    assert [m.task_id for m in publisher.sent] == ["2", "3", "4"] * 3 + ["2"]
+
+
+def test_bad_rows_are_counted_listed_and_skipped(tmp_path: Path) -> None:
+    lines = SAMPLE_CSV.read_text().splitlines()[:6]
+    lines[2] = lines[2].replace('"GPU-', '"XX').replace('","0","DCGM', '","hot","DCGM')
+    lines[4] = lines[4].replace("2025-07-18T20:42:34Z", "not a time")
+    path = tmp_path / "bad.csv"
+    path.write_text("\n".join(lines) + "\n")
+    report = Streamer(FakePublisher(), build, StreamOptions(paths=[path])).run()
+    assert (report.rows_sent, report.errors) == (4, 1)
+    assert report.bad_rows == [f"{path}:5: timestamp: not an RFC 3339 time: 'not a time'"]
+
+
+class FakeClock:
+    """Time that passes only when slept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_rate_paces_sending() -> None:
+    clock = FakeClock()
+    options = StreamOptions(paths=[SAMPLE_CSV], rate=100.0, limit=50)
+    report = Streamer(FakePublisher(), build, options, sleep=clock.sleep, clock=clock).run()
+    # 50 rows at 100/s: the first goes at once, the other 49 a hundredth of a second apart.
+    assert clock.now - 1000.0 == pytest.approx(0.49)
+    assert report.rate == pytest.approx(50 / 0.49)
+
+
+def test_backlog_over_the_bound_pauses_with_growing_waits() -> None:
+    # given: a queue that drains only after four looks
+    depths = iter([500, 500, 500, 500, 10])
+    slept: list[float] = []
+    options = StreamOptions(paths=[SAMPLE_CSV], limit=5, max_backlog=100, backlog_check_every=5)
+    streamer = Streamer(
+        FakePublisher(), build, options, backlog=lambda: next(depths), sleep=slept.append
+    )
+    # when
+    report = streamer.run()
+    # then
+    assert report.backpressure_pauses == 4
+    assert slept == [0.1, 0.2, 0.4, 0.8]
+
+
+def test_stop_event_ends_the_run_and_settles_what_was_sent() -> None:
+    stop = threading.Event()
+    publisher = FakePublisher()
+
+    def build_then_stop(row: Row, stamp: datetime) -> TaskMessage:
+        if row.line == 11:
+            stop.set()
+        return build(row, stamp)
+
+    report = Streamer(
+        publisher, build_then_stop, StreamOptions(paths=[SAMPLE_CSV]), stop=stop
+    ).run()
+    assert report.stopped
+    assert report.rows_sent == report.confirmed == 10
+
+
+def test_options_come_from_flags_then_environment(settings: Settings) -> None:
+    env = {"CSV_PATH": "/data/a.csv", "LOOP_MODE": "true", "STREAM_INTERVAL": "0.5"}
+    options = options_from(settings, [], None, None, None, None, "now", None, env=env)
+    assert (options.paths, options.loop, options.interval_s) == ([Path("/data/a.csv")], True, 0.5)
+    assert options.max_backlog == 100 * settings.queue_buffer_size
+    flagged = options_from(settings, [Path("b.csv")], False, 0.0, None, None, "csv", 7, env=env)
+    assert (flagged.paths, flagged.loop, flagged.interval_s, flagged.max_backlog) == (
+        [Path("b.csv")],
+        False,
+        0.0,
+        7,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "no CSV file given"),
+        ({"CSV_PATH": "a.csv", "LOOP_MODE": "sometimes"}, "invalid LOOP_MODE"),
+        ({"CSV_PATH": "a.csv", "STREAM_INTERVAL": "-1"}, "invalid STREAM_INTERVAL='-1'"),
+    ],
+)
+def test_bad_stream_settings_are_one_line_errors(
+    settings: Settings, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options_from(settings, [], None, None, None, None, "now", None, env=env)
