@@ -14,8 +14,13 @@ broker_url = os.environ.get("CELERY_BROKER_URL", "amqp://guest:guest@localhost:5
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 
-# Producers get a publisher confirm for every task they send.
-broker_transport_options = {"confirm_publish": True}
+# Producers get a publisher confirm for every task they send. Socket reads and
+# writes time out: after a broker restart a worker was seen blocked for good in
+# a synchronous basic.qos read (1 run in 2 here); with a time-out it reconnects.
+broker_transport_options = {"confirm_publish": True, "read_timeout": 10, "write_timeout": 10}
+# After a reconnect Celery would lower the prefetch and raise it again with one
+# basic.qos per ack; that is where the worker hung above, so keep it constant.
+worker_enable_prefetch_count_reduction = False
 
 task_serializer = "json"
 accept_content = ["json"]
@@ -36,8 +41,10 @@ task_reject_on_worker_lost = True
 # The work is I/O-bound (a MongoDB round trip per point): threads share one
 # MongoClient and one set of counters per worker. The README has the figures.
 worker_pool = "threads"
-worker_concurrency = 10
-worker_prefetch_multiplier = 100
+# Set when a worker starts, from QUEUE_WORKERS and QUEUE_BUFFER_SIZE (or -c and
+# --prefetch-multiplier); left unset here so `celery worker` passes None for them.
+worker_concurrency = None
+worker_prefetch_multiplier = None
 worker_consumer = "telemetry.consumer:TelemetryConsumer"
 # Warm shutdown lets running tasks finish; prefetched messages go back unacked.
 worker_cancel_long_running_tasks_on_connection_loss = True

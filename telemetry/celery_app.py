@@ -77,8 +77,12 @@ class TelemetryWorker(Worker):  # type: ignore[misc]
             # One clear line and a non-zero exit, not a traceback.
             print(f"telemetry worker: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-        threads = apply_settings(app or self.app, settings, kwargs.get("concurrency"))
-        kwargs["concurrency"] = threads
+        celery_app = app or self.app
+        # Both are None unless -c / --prefetch-multiplier were given (celeryconfig
+        # leaves them unset), so the collector settings decide.
+        kwargs["concurrency"] = apply_settings(celery_app, settings, kwargs.get("concurrency"))
+        if kwargs.get("prefetch_multiplier") is None:
+            kwargs["prefetch_multiplier"] = celery_app.conf.worker_prefetch_multiplier
         if settings.batch_size > 1:
             logger.warning(
                 "BATCH_SIZE=%d accepted, but batch commits are not built yet: "

@@ -14,6 +14,7 @@ import click
 
 from telemetry.config import load_settings
 from telemetry.dcgm import CsvFormatError
+from telemetry.dlq import DeadLetterQueue, render
 from telemetry.errors import ConfigError, TelemetryError
 from telemetry.stats import log_stats_as_bare_json
 
@@ -135,9 +136,15 @@ def stream(
         fail(str(exc), 2)
     try:
         report = run_stream(settings, options, compression, progress, stop_on_signals())
-    except (CsvFormatError, OSError) as exc:
+    except (
+        CsvFormatError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        UnicodeDecodeError,
+    ) as exc:
         fail(str(exc), 2)
-    except TelemetryError as exc:
+    except (TelemetryError, OSError) as exc:
         fail(str(exc), 1)
     sys.exit(0 if report.confirmed == report.rows_sent else 1)
 
@@ -179,11 +186,94 @@ def demo(csv_path: Path, data_dir: Path, limit: int | None, progress: bool | Non
         fail(str(exc), 2)
     try:
         ok = run_demo(settings, csv_path, data_dir, limit, progress, stop_on_signals())
-    except (CsvFormatError, OSError) as exc:
+    except (CsvFormatError, UnicodeDecodeError) as exc:
         fail(str(exc), 2)
-    except TelemetryError as exc:
+    except (TelemetryError, OSError) as exc:
         fail(str(exc), 1)
     sys.exit(0 if ok else 1)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay or purge dead-lettered messages (<queue>.dead)."""
+
+
+def dead_letters() -> DeadLetterQueue:
+    """The dead-letter queue the settings point at; exits with one line on bad settings."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    return DeadLetterQueue(settings.broker_url, settings.queue_name)
+
+
+@dlq.command("list")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most N messages.",
+)
+def dlq_list(limit: int) -> None:
+    """The count, then one line per message: task id, when it died, GPU/metric, why."""
+    queue = dead_letters()
+    try:
+        count = queue.count()
+        letters = queue.peek(limit)
+    except TelemetryError as exc:
+        fail(str(exc))
+    click.echo(f"{count} dead-lettered message(s) in {queue.dead_name}")
+    for letter in letters:
+        click.echo(letter.line())
+    if count > len(letters):
+        click.echo(f"… and {count - len(letters)} more (--limit)")
+
+
+@dlq.command("show")
+@click.argument("task_id")
+def dlq_show(task_id: str) -> None:
+    """One dead letter in full: headers, body, error and x-death."""
+    try:
+        letter = dead_letters().find(task_id)
+    except TelemetryError as exc:
+        fail(str(exc))
+    if letter is None:
+        fail(f"no dead letter with task id {task_id}")
+    click.echo(render(letter))
+
+
+@dlq.command("replay")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most N.")
+def dlq_replay(limit: int | None) -> None:
+    """Move dead letters back to the work queue, once the cause is fixed."""
+    queue = dead_letters()
+    try:
+        moved = queue.replay(limit)
+        left = queue.count()
+    except TelemetryError as exc:
+        fail(str(exc))
+    click.echo(
+        f"Replayed {moved} message(s) to {queue.queue_name}; {left} left in {queue.dead_name}"
+    )
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(yes: bool) -> None:
+    """Delete every dead letter, after asking."""
+    queue = dead_letters()
+    try:
+        count = queue.count()
+        if count == 0:
+            click.echo(f"{queue.dead_name} is empty")
+            return
+        if not yes and not click.confirm(f"Delete {count} dead-lettered message(s) for good?"):
+            fail("nothing deleted", 1)
+        purged = queue.purge()
+    except TelemetryError as exc:
+        fail(str(exc))
+    click.echo(f"Purged {purged} message(s) from {queue.dead_name}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ so it is never lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from telemetry import runtime
 from telemetry.errors import StorageRejected, StorageUnavailable
@@ -39,6 +41,32 @@ def message_id(message: Any) -> str | None:
     return str(found) if found is not None else None
 
 
+def body_shape_problem(message: Any) -> str | None:
+    """Why a protocol-2 task body is not ``[args, kwargs, embed]``, or None if it is.
+
+    Celery would fail on such a body outside the task, leaving the message
+    neither acked nor rejected until the worker stops, and then again in the
+    next worker. Bodies that cannot be decoded at all are left to Celery,
+    which reports them through :meth:`TelemetryConsumer.on_decode_error`.
+    """
+    if not isinstance(message.headers, dict) or "task" not in message.headers:
+        return None
+    try:
+        body = message.decode()
+    except (ValueError, DecodeError, ContentDisallowed):
+        return None
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return "body must be [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "args must be a list"
+    if not isinstance(kwargs, dict):
+        return "kwargs must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "embed must be an object"
+    return None
+
+
 class TelemetryConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, with bad messages recorded instead of only logged."""
 
@@ -56,7 +84,35 @@ class TelemetryConsumer(Consumer):  # type: ignore[misc]
         )
         return self.ensure_connected(connection)
 
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Celery's message handler, made safe against bodies of the wrong shape.
+
+        A JSON body that is not ``[args, kwargs, embed]`` makes Celery's
+        request parsing raise in the consumer itself, which stops the whole
+        worker ("Unrecoverable error", seen here with ``{"a": 1}``), and the
+        unacked message then stops the next worker too. Here it is recorded
+        and acked like any other bad message.
+        """
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            problem = body_shape_problem(message)
+            if problem is not None:
+                self._reject_bad_message(message, f"malformed task message: {problem}")
+                return None
+            try:
+                return handle(message)
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+                self._reject_bad_message(message, f"malformed task message: {exc!r}")
+                return None
+
+        return on_task_received
+
     def _reject_bad_message(self, message: Any, reason: str) -> None:
+        if message.acknowledged:
+            # Celery already settled it before failing; settling twice would close the channel.
+            logger.error("Bad message %s after it was settled: %s", message_id(message), reason)
+            return
         STATS.incr("queue_delivered")
         try:
             reject_message(runtime.store(), STATS, reason, message_id(message), raw_body(message))

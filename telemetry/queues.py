@@ -20,6 +20,8 @@ from typing import Any
 from kombu import Exchange, Queue
 
 TASK_NAME = "telemetry.ingest"
+# Set on every retry copy: the error that made the worker retry.
+ERROR_HEADER = "x-telemetry-error"
 
 
 def dead_queue_name(queue_name: str) -> str:

@@ -6,6 +6,7 @@ so it can be tested and reused without a broker or a worker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,10 +16,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from celery import Celery
 from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, CsvFormatError, Row, read_dcgm_csv
@@ -274,15 +276,40 @@ def _env_number(environ: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def queue_backlog(connection: Connection, queue_name: str) -> Callable[[], int]:
-    """A function returning how many messages wait in ``queue_name``, on a channel of its own."""
-    channel = connection.channel()
+class QueueBacklog:
+    """Reads how many messages wait in a queue, on a connection of its own.
 
-    def depth() -> int:
-        ok = channel.queue_declare(queue_name, passive=True)
-        return int(ok.message_count)
+    A broker that cannot be asked right now (it is restarting, say) reads as
+    no backlog: the publisher is already retrying, and backpressure is advisory.
+    """
 
-    return depth
+    def __init__(self, broker_url: str, queue_name: str) -> None:
+        self._connection = Connection(broker_url)
+        self._queue_name = queue_name
+        self._channel: Any = None
+
+    def __call__(self) -> int:
+        errors = (
+            OperationalError,
+            OSError,
+            *self._connection.recoverable_connection_errors,
+            *self._connection.recoverable_channel_errors,
+        )
+        try:
+            if self._channel is None:
+                self._channel = self._connection.channel()
+            return int(self._channel.queue_declare(self._queue_name, passive=True).message_count)
+        except errors as exc:
+            logger.warning("Could not read the queue backlog (%s); carrying on", exc)
+            self.close()
+            self._connection = self._connection.clone()
+            return 0
+
+    def close(self) -> None:
+        """Release the connection."""
+        self._channel = None
+        with contextlib.suppress(OSError, OperationalError):
+            self._connection.release()
 
 
 def run_stream(
@@ -314,8 +341,8 @@ def run_stream(
     )
     # A broker that is down at start is an error at once; one lost later is retried.
     publisher.open(retries=1)
+    backlog = QueueBacklog(settings.broker_url, settings.queue_name)
     try:
-        backlog_connection = Connection(settings.broker_url)
         streamer = Streamer(
             publisher,
             lambda row, stamp: build_task_message(
@@ -324,13 +351,13 @@ def run_stream(
                 row.metadata.known(),
             ),
             options,
-            backlog=queue_backlog(backlog_connection, settings.queue_name),
+            backlog=backlog,
             progress=progress,
             stop=stop,
         )
         report = streamer.run()
-        backlog_connection.release()
     finally:
+        backlog.close()
         publisher.close()
     stats_logger.info(report.stats_line(options.instance_id))
     print_summary(report, options)

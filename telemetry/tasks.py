@@ -21,7 +21,7 @@ from telemetry.celery_app import app
 from telemetry.config import Settings
 from telemetry.errors import StorageUnavailable
 from telemetry.ingest import ingest_message
-from telemetry.queues import TASK_NAME
+from telemetry.queues import ERROR_HEADER, TASK_NAME
 from telemetry.stats import STATS
 
 logger = logging.getLogger("telemetry.tasks")
@@ -70,5 +70,11 @@ def ingest(self: IngestTask, *args: Any, **kwargs: Any) -> str:
             delay,
             exc,
         )
-        raise self.retry(exc=exc, countdown=delay, max_retries=settings.max_retries) from exc
+        # The retry copy carries the error, so a dead letter says why it died.
+        raise self.retry(
+            exc=exc,
+            countdown=delay,
+            max_retries=settings.max_retries,
+            headers={ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]},
+        ) from exc
     return outcome.describe()

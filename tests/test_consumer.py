@@ -23,6 +23,10 @@ class FakeMessage:
         self.acked = False
         self.rejected: bool | None = None
 
+    @property
+    def acknowledged(self) -> bool:
+        return self.acked or self.rejected is not None
+
     def ack(self) -> None:
         self.acked = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,20 @@ class WorkerProcess:
         )
         if self.process.poll() is not None:
             pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()}")
+
+    def last_stats(self) -> dict[str, Any]:
+        """The statistics line the worker logged last (the final one, once stopped)."""
+        lines = [line for line in self.log().splitlines() if '"Collector statistics"' in line]
+        assert lines, "the worker logged no statistics line"
+        stats: dict[str, Any] = json.loads(lines[-1])
+        return stats
+
+    def rss_kb(self) -> int:
+        """The worker's resident memory now, in KiB."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS line")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         """Send ``sig`` and wait for the process to end; return its exit code."""

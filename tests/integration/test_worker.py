@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -21,14 +20,6 @@ from tests.integration.conftest import (
     queue_depth,
     wait_for,
 )
-
-
-def final_stats(worker: WorkerProcess) -> dict[str, Any]:
-    """The statistics line the worker logged last (at shutdown, once stopped)."""
-    lines = [line for line in worker.log().splitlines() if '"Collector statistics"' in line]
-    assert lines, "the worker logged no statistics line"
-    stats: dict[str, Any] = json.loads(lines[-1])
-    return stats
 
 
 def test_points_are_ingested_end_to_end_with_matching_statistics(
@@ -52,7 +43,7 @@ def test_points_are_ingested_end_to_end_with_matching_statistics(
         "gpu_time",
     }
     assert worker.stop() == 0
-    stats = final_stats(worker)
+    stats = worker.last_stats()
     assert stats["instance_id"] == "worker-1"
     assert (
         stats["telemetry_stored"],
@@ -80,7 +71,7 @@ def test_the_same_message_delivered_twice_is_stored_once(
     wait_for(lambda: '"duplicates": 1' in worker.log(), 30, "the duplicate to be counted")
     assert database["telemetry"].count_documents({}) == 1
     worker.stop()
-    stats = final_stats(worker)
+    stats = worker.last_stats()
     assert (stats["telemetry_stored"], stats["duplicates"]) == (1, 1)
 
 
@@ -119,7 +110,7 @@ def test_invalid_messages_are_recorded_acked_and_the_worker_goes_on(
     assert reasons[0].startswith("cannot decode body")
     assert any(reason.startswith("value: must be finite") for reason in reasons)
     worker.stop()
-    stats = final_stats(worker)
+    stats = worker.last_stats()
     assert (
         stats["messages_errors"],
         stats["telemetry_stored"],
@@ -149,7 +140,7 @@ def test_storage_outage_is_retried_then_dead_lettered(
     dead = dead_queue_name(queue_name)
     wait_for(lambda: queue_depth(broker_url, dead) == 3, 60, "3 dead-lettered messages")
     worker.stop()
-    stats = final_stats(worker)
+    stats = worker.last_stats()
     assert (stats["retries"], stats["dead_lettered"], stats["telemetry_stored"]) == (6, 3, 0)
     assert queue_depth(broker_url, queue_name) == 0
     assert "Storage unavailable" in worker.log()
