@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -144,33 +143,3 @@ def test_storage_outage_is_retried_then_dead_lettered(
     assert (stats["retries"], stats["dead_lettered"], stats["telemetry_stored"]) == (6, 3, 0)
     assert queue_depth(broker_url, queue_name) == 0
     assert "Storage unavailable" in worker.log()
-
-
-def test_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
-    start_worker: Callable[..., WorkerProcess],
-    publisher: ConfirmingPublisher,
-    database: Database[Any],
-    broker_url: str,
-    queue_name: str,
-) -> None:
-    # given: a backlog, and a worker killed while it works through it
-    points = make_points(1500)
-    publish_points(publisher, points)
-    first = start_worker()
-    wait_for(lambda: database["telemetry"].count_documents({}) >= 100, 60, "some progress")
-    first.stop(signal.SIGKILL)
-    # when
-    start_worker()
-
-    # then
-    def stored() -> int:
-        return database["telemetry"].count_documents({})
-
-    wait_for(lambda: stored() == 1500, 120, "all 1500 points", stored)
-    assert len(database["telemetry"].distinct("timestamp")) == 1500
-    wait_for(
-        lambda: queue_depth(broker_url, queue_name) == 0,
-        30,
-        "an empty queue",
-        lambda: queue_depth(broker_url, queue_name),
-    )
