@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test faults lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 ## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB).
 test: $(STAMP)
 	$(PY) -m pytest
+
+## Only the fault-injection suite (part of `make test` too); see docs/reliability.md.
+faults: $(STAMP)
+	$(PY) -m pytest -m faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
