@@ -349,20 +349,21 @@ def test_poison_and_garbage_are_counted_and_nothing_loops(
     assert huge is not None and huge["truncated"] is True
 
 
-def rabbitmq_unacked(queue_name: str) -> int:
-    """Messages delivered to consumers and not yet acked, as RabbitMQ counts them."""
+def channel_unacked() -> int:
+    """The most unacked messages on any one AMQP channel, as RabbitMQ's channels count them.
+
+    The channel's own count is the one its prefetch limit applies to; a queue's
+    count lags behind acks the channel has already processed.
+    """
     output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        ["rabbitmqctl", "-q", "list_channels", "messages_unacknowledged"],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
-    for line in output.splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue_name:
-            return int(count)
-    raise AssertionError(f"{queue_name} not listed by rabbitmqctl")
+    counts = [int(line) for line in output.split() if line.isdigit()]
+    return max(counts, default=0)
 
 
 def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
@@ -388,7 +389,7 @@ def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             peak_kb = max(peak_kb, worker.rss_kb())
-            peak_unacked = max(peak_unacked, rabbitmq_unacked(queue_name))
+            peak_unacked = max(peak_unacked, channel_unacked())
             time.sleep(0.5)
         drained = stored(database)
         worker.stop()
@@ -402,10 +403,7 @@ def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
         f"peak unacked {peak_unacked}; {drained} of 20000 stored in 20 s"
     )
     assert 0 < drained < 20_000, "the database really was slow"
-    # RabbitMQ enforces Celery's channel-wide (global) prefetch of 500 loosely:
-    # peaks of 500 and 536 were seen here. What matters is that the worker holds
-    # about QUEUE_BUFFER_SIZE messages, not the 20,000 waiting.
-    assert peak_unacked <= 550, "prefetch bounds what a worker holds"
+    assert peak_unacked <= 500, "prefetch bounds what a worker holds"
     assert peak_kb - baseline_kb < 64 * 1024
     assert queue_depth(broker_url, queue_name) + stored(database) == 20_000
 
