@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test faults lint format clean
+.PHONY: install demo test faults bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 ## Only the fault-injection suite (part of `make test` too); see docs/reliability.md.
 faults: $(STAMP)
 	$(PY) -m pytest -m faults
+
+## Throughput against baselines from the same run (see benchmarks/run.py; BENCH_ARGS to tune).
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,331 @@
+"""``make bench``: the collector's throughput against baselines measured in the same run.
+
+Measures, each ``--repeats`` times, and prints medians as a table and JSON:
+
+1. the Celery no-op ceiling: a backlog of no-op tasks drained by a worker with
+   the collector's pool and concurrency;
+2. the storage ceiling: ``insert_many`` of the same documents into SecantusDB;
+3. end to end: the streamer publishing with confirms while a worker stores;
+   points/s, ratios to both baselines, publish→stored latency, database
+   writes per point and the worker's peak memory;
+4. the streamer alone: publish rate with broker confirms.
+
+Everything runs on this machine: RabbitMQ on 127.0.0.1:5672 and a SecantusDB
+server this script starts. Run one benchmark at a time; the machine is small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection
+from pymongo import MongoClient
+
+from benchmarks.noop import NOOP_TASK
+from telemetry.celery_app import app
+from telemetry.cli import SAMPLE_CSV
+from telemetry.config import load_settings
+from telemetry.dcgm import Row, read_dcgm_csv
+from telemetry.embedded import SecantusServer
+from telemetry.publisher import ConfirmingPublisher, TaskMessage
+from telemetry.queues import dead_queue_name
+from telemetry.storage import point_document
+from telemetry.streamer import StreamOptions, StreamReport, run_stream
+
+REPO = Path(__file__).resolve().parents[1]
+BROKER = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CONCURRENCY = 10
+
+
+def sample_rows() -> list[Row]:
+    return [row for row in read_dcgm_csv(SAMPLE_CSV) if isinstance(row, Row)]
+
+
+def delete_queues(name: str) -> None:
+    with Connection(BROKER) as connection:
+        channel = connection.channel()
+        for queue in (name, dead_queue_name(name)):
+            channel.queue_delete(queue)
+
+
+def queue_depth(name: str) -> int:
+    with Connection(BROKER) as connection:
+        return int(connection.channel().queue_declare(name, passive=True).message_count)
+
+
+def start_worker(
+    module: str, queue: str, mongodb_uri: str, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        CELERY_BROKER_URL=BROKER,
+        MONGODB_URI=mongodb_uri,
+        MONGODB_DB="bench",
+        TELEMETRY_QUEUE=queue,
+        PYTHONPATH=str(REPO),
+        STATS_INTERVAL_S="3600",
+        **(extra_env or {}),
+    )
+    handle = log.open("wb")
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            module,
+            "worker",
+            f"-c{CONCURRENCY}",
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while " ready." not in log.read_text(errors="replace"):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return worker
+
+
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    worker.wait(timeout=60)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, tick: Callable[[], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError("timed out")
+        tick()
+        time.sleep(0.05)
+
+
+def noop_ceiling(points: int, mongodb_uri: str, workdir: Path) -> float:
+    """No-op tasks per second drained from a queued backlog."""
+    queue = f"bench.noop.{uuid.uuid4().hex[:8]}"
+    publisher = ConfirmingPublisher(Connection(BROKER), queue)
+    publisher.open()
+    for _ in range(points):
+        message = app.amqp.as_task_v2(
+            str(uuid.uuid4()), NOOP_TASK, args=(), kwargs={}, argsrepr="()", kwargsrepr="{}"
+        )
+        publisher.send(TaskMessage("", message.headers, dict(message.properties), message.body))
+    publisher.flush()
+    publisher.close()
+    worker = start_worker("benchmarks.noop", queue, mongodb_uri, workdir / "noop.log")
+    started = time.monotonic()
+    try:
+        wait_until(lambda: drained(queue), 600, lambda: None)
+    finally:
+        elapsed = time.monotonic() - started
+        stop(worker)
+        delete_queues(queue)
+    return points / elapsed
+
+
+def drained(queue: str) -> bool:
+    """No message ready and none held by a consumer."""
+    if queue_depth(queue) > 0:
+        return False
+    output = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return any(line.split("\t") == [queue, "0"] for line in output.splitlines())
+
+
+def storage_ceiling(points: int, mongodb_uri: str, rows: list[Row]) -> float:
+    """Documents per second for insert_many of the same documents, same indexes."""
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
+    collection = client["bench_storage"][f"t{uuid.uuid4().hex[:8]}"]
+    collection.create_index([("gpu_uuid", 1), ("metric_name", 1), ("timestamp", 1)], unique=True)
+    collection.create_index([("gpu_uuid", 1), ("timestamp", 1)])
+    now = datetime.now(UTC)
+    documents = []
+    for index in range(points):
+        row = rows[index % len(rows)]
+        point = row.point.model_copy(
+            update={"timestamp": datetime.fromtimestamp(1_700_000_000 + index / 1000, UTC)}
+        )
+        documents.append(point_document(point, row.metadata, now))
+    started = time.monotonic()
+    for first in range(0, points, 1000):
+        collection.insert_many(documents[first : first + 1000], ordered=False)
+    elapsed = time.monotonic() - started
+    collection.drop()
+    client.close()
+    return points / elapsed
+
+
+def end_to_end(points: int, mongodb_uri: str, workdir: Path, batch_size: int) -> dict[str, float]:
+    """Streamer → RabbitMQ → worker → MongoDB, the streamer publishing throughout."""
+    queue = f"bench.e2e.{uuid.uuid4().hex[:8]}"
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
+    database = client["bench"]
+    database.drop_collection("telemetry")
+    database.drop_collection("gpus")
+    worker = start_worker(
+        "telemetry", queue, mongodb_uri, workdir / "e2e.log", {"BATCH_SIZE": str(batch_size)}
+    )
+    ops_before = write_ops(client)
+    peak = rss_kb(worker.pid)
+    started = time.monotonic()
+    try:
+        report = stream_points(queue, points)
+
+        def sample() -> None:
+            nonlocal peak
+            peak = max(peak, rss_kb(worker.pid))
+
+        wait_until(lambda: database["telemetry"].estimated_document_count() >= points, 3600, sample)
+        elapsed = time.monotonic() - started
+    finally:
+        stop(worker)
+        delete_queues(queue)
+    ops = write_ops(client) - ops_before
+    latencies = sorted(
+        (doc["ingested_at"] - doc["timestamp"]).total_seconds() * 1000
+        for doc in database["telemetry"].find({}, {"ingested_at": 1, "timestamp": 1})
+    )
+    client.close()
+    return {
+        "points_per_s": points / elapsed,
+        "publish_points_per_s": report.rate,
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
+        "latency_p99_ms": percentile(latencies, 99),
+        "db_writes_per_point": ops / points,
+        "worker_peak_rss_mb": peak / 1024,
+    }
+
+
+def write_ops(client: MongoClient[dict[str, Any]]) -> int:
+    counters = client.admin.command("serverStatus")["opcounters"]
+    return int(counters["insert"]) + int(counters["update"])
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * share / 100))]
+
+
+def stream_points(queue: str, points: int) -> StreamReport:
+    """Stream ``points`` rows of the sample, looping, to ``queue`` with confirms."""
+    settings = load_settings(env={}, overrides={"broker_url": BROKER, "queue_name": queue})
+    options = StreamOptions(paths=[SAMPLE_CSV], loop=True, limit=points)
+    return run_stream(settings, options, show_progress=False, app=app)
+
+
+def streamer_alone(points: int) -> float:
+    """Points per second the streamer publishes, with confirms, to a queue nobody reads."""
+    queue = f"bench.stream.{uuid.uuid4().hex[:8]}"
+    try:
+        report = stream_points(queue, points)
+    finally:
+        delete_queues(queue)
+    return report.rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", default="1", help="comma-separated BATCH_SIZE values")
+    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    rows = sample_rows()
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    workdir = Path(os.environ.get("BENCH_DIR", "/tmp")) / f"telemetry-bench-{uuid.uuid4().hex[:6]}"
+    workdir.mkdir(parents=True)
+    runs: dict[str, list[Any]] = {"noop": [], "storage": [], "stream": []}
+    runs.update({f"e2e_batch_{size}": [] for size in batch_sizes})
+    with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1}/{args.repeats} …", file=sys.stderr, flush=True)
+            runs["noop"].append(noop_ceiling(args.points, server.uri, workdir))
+            runs["storage"].append(storage_ceiling(args.points, server.uri, rows))
+            runs["stream"].append(streamer_alone(args.points))
+            for size in batch_sizes:
+                runs[f"e2e_batch_{size}"].append(end_to_end(args.points, server.uri, workdir, size))
+    result = summarise(runs, args.points, args.repeats)
+    print_table(result)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+
+
+def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str, Any]:
+    noop = statistics.median(runs["noop"])
+    storage = statistics.median(runs["storage"])
+    result: dict[str, Any] = {
+        "points": points,
+        "repeats": repeats,
+        "concurrency": CONCURRENCY,
+        "noop_tasks_per_s": round(noop),
+        "storage_docs_per_s": round(storage),
+        "streamer_points_per_s": round(statistics.median(runs["stream"])),
+        "end_to_end": {},
+    }
+    for name, measured in runs.items():
+        if not name.startswith("e2e_"):
+            continue
+        medians = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+        medians["ratio_to_noop"] = medians["points_per_s"] / noop
+        medians["ratio_to_storage"] = medians["points_per_s"] / storage
+        result["end_to_end"][name.removeprefix("e2e_")] = {
+            key: round(value, 3) for key, value in medians.items()
+        }
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"\n{result['points']:,} points, median of {result['repeats']} runs, "
+        f"{result['concurrency']} worker threads"
+    )
+    print(f"  baseline: Celery no-op ceiling   {result['noop_tasks_per_s']:>8,} tasks/s")
+    print(f"  baseline: storage (insert_many)  {result['storage_docs_per_s']:>8,} docs/s")
+    print(f"  streamer alone, with confirms    {result['streamer_points_per_s']:>8,} points/s")
+    for name, row in result["end_to_end"].items():
+        print(
+            f"  end to end, {name:<20} {row['points_per_s']:>8,.0f} points/s  "
+            f"(x{row['ratio_to_noop']:.2f} no-op, x{row['ratio_to_storage']:.2f} storage)  "
+            f"latency p50/p95/p99 {row['latency_p50_ms']:,.0f}/{row['latency_p95_ms']:,.0f}/"
+            f"{row['latency_p99_ms']:,.0f} ms  {row['db_writes_per_point']:.2f} writes/point  "
+            f"worker peak {row['worker_peak_rss_mb']:.0f} MB"
+        )
+    print()
+
+
+if __name__ == "__main__":
+    main()
