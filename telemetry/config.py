@@ -39,6 +39,7 @@ ENV_NAMES: dict[str, str] = {
     "mongo_timeout_ms": "MONGO_TIMEOUT_MS",
     "rejected_max_docs": "REJECTED_MAX_DOCS",
     "retention_days": "RETENTION_DAYS",
+    "gpu_last_seen_lag_s": "GPU_LAST_SEEN_LAG_S",
 }
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -66,6 +67,7 @@ class Settings(BaseModel):
     mongo_timeout_ms: int = Field(default=5000, ge=100)
     rejected_max_docs: int = Field(default=10_000, ge=1)
     retention_days: int = Field(default=0, ge=0)
+    gpu_last_seen_lag_s: float = Field(default=60.0, ge=0)
 
     @field_validator("broker_url")
     @classmethod

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from telemetry.errors import InvalidMessage
+from telemetry.gpucache import GpuCache
 from telemetry.models import parse_message
 from telemetry.stats import Stats
 from telemetry.storage import MongoTelemetryStore
@@ -57,13 +58,15 @@ def ingest_message(
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     message_id: str | None,
+    gpu_cache: GpuCache | None = None,
 ) -> Outcome:
     """Validate and store one message.
 
     Raises :class:`~telemetry.errors.StorageUnavailable` or
     :class:`~telemetry.errors.StorageRejected` when storage fails; the caller
     decides between retry and dead letter. Invalid messages are not raised:
-    they are recorded, counted and returned as ``rejected``.
+    they are recorded, counted and returned as ``rejected``. With a
+    ``gpu_cache``, GPU upserts that would change nothing are skipped.
     """
     try:
         point_raw, metadata_raw = split_arguments(args, kwargs)
@@ -75,8 +78,11 @@ def ingest_message(
     now = datetime.now(UTC)
     # GPU first: if the point insert then fails, the retry repeats only an
     # idempotent upsert, and a later duplicate count means a real redelivery.
-    store.upsert_gpu(point, metadata, now)
-    stats.incr("gpus_stored")
+    if gpu_cache is None or gpu_cache.needs_write(point, metadata):
+        store.upsert_gpu(point, metadata, now)
+        stats.incr("gpus_stored")
+        if gpu_cache is not None:
+            gpu_cache.remember(point, metadata)
     if store.insert_point(point, metadata, now):
         stats.incr("telemetry_stored", "messages_processed")
         return Outcome("stored")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 from telemetry.config import Settings, load_settings
+from telemetry.gpucache import GpuCache
 from telemetry.storage import LazyStore, MongoTelemetryStore, open_store
 
 _lock = threading.Lock()
 _settings: Settings | None = None
+_gpu_cache: GpuCache | None = None
 
 
 def current_settings() -> Settings:
@@ -21,11 +23,22 @@ def current_settings() -> Settings:
 
 
 def configure(settings: Settings) -> None:
-    """Adopt ``settings`` and make the next store from them."""
-    global _settings
+    """Adopt ``settings`` and make the next store (and GPU cache) from them."""
+    global _settings, _gpu_cache
     with _lock:
         _settings = settings
+        _gpu_cache = None
     STORE.reset(lambda: open_store(settings))
+
+
+def gpu_cache() -> GpuCache:
+    """The process's memory of GPU records, made on first use."""
+    global _gpu_cache
+    settings = current_settings()
+    with _lock:
+        if _gpu_cache is None:
+            _gpu_cache = GpuCache(settings.gpu_last_seen_lag_s)
+        return _gpu_cache
 
 
 def store() -> MongoTelemetryStore:

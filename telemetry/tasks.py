@@ -57,7 +57,9 @@ def ingest(self: IngestTask, *args: Any, **kwargs: Any) -> str:
     STATS.incr("queue_delivered")
     settings = runtime.current_settings()
     try:
-        outcome = ingest_message(runtime.store(), STATS, args, kwargs, self.request.id)
+        outcome = ingest_message(
+            runtime.store(), STATS, args, kwargs, self.request.id, runtime.gpu_cache()
+        )
     except StorageUnavailable as exc:
         if self.request.retries >= settings.max_retries:
             raise

@@ -1,0 +1,80 @@
+"""Skipping GPU upserts that would change nothing, with last_seen within the stated lag."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from telemetry.gpucache import GpuCache
+from telemetry.ingest import ingest_message
+from telemetry.models import GpuMetadata, Point
+from telemetry.stats import Stats
+from telemetry.storage import MongoTelemetryStore
+
+T0 = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
+
+
+def point(seconds: float = 0, metric: str = "DCGM_FI_DEV_GPU_TEMP") -> Point:
+    return Point(
+        gpu_uuid="GPU-1", metric_name=metric, value=1.0, timestamp=T0 + timedelta(seconds=seconds)
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_unknown_gpu_needs_a_write_and_a_remembered_one_does_not() -> None:
+    cache = GpuCache(lag_s=60)
+    host = GpuMetadata(hostname="h1")
+    assert cache.needs_write(point(), host)
+    cache.remember(point(), host)
+    assert not cache.needs_write(point(0, "DCGM_FI_DEV_SM_CLOCK"), host)
+    assert not cache.needs_write(point(0), GpuMetadata())
+
+
+def test_changed_metadata_earlier_time_or_time_past_the_lag_need_a_write() -> None:
+    cache = GpuCache(lag_s=60)
+    cache.remember(point(), GpuMetadata(hostname="h1"))
+    assert cache.needs_write(point(), GpuMetadata(hostname="h2"))
+    assert cache.needs_write(point(), GpuMetadata(pod="p"))
+    assert cache.needs_write(point(-1), GpuMetadata())
+    assert not cache.needs_write(point(60), GpuMetadata())
+    assert cache.needs_write(point(60.5), GpuMetadata())
+
+
+def test_entries_expire_so_a_lost_record_is_written_again() -> None:
+    clock = Clock()
+    cache = GpuCache(lag_s=60, ttl_s=300, clock=clock)
+    cache.remember(point(), GpuMetadata())
+    clock.now = 299
+    assert not cache.needs_write(point(), GpuMetadata())
+    clock.now = 301
+    assert cache.needs_write(point(), GpuMetadata())
+
+
+def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_trails_by_at_most_it(
+    mock_store: MongoTelemetryStore,
+    stats: Stats,
+) -> None:
+    # given: ten metrics at one instant, then the same ten 30 s and 90 s later
+    cache = GpuCache(lag_s=60)
+    metrics = [f"M{index}" for index in range(10)]
+    for seconds in (0, 30, 90):
+        for metric in metrics:
+            body: dict[str, Any] = {
+                "point": point(seconds, metric).wire(),
+                "metadata": {"hostname": "h1"},
+            }
+            ingest_message(mock_store, stats, (), body, "m", cache)
+    # then: one upsert at 0 s, none at 30 s (within the lag), one at 90 s
+    assert stats.snapshot()["gpus_stored"] == 2
+    assert stats.snapshot()["telemetry_stored"] == 30
+    gpu = mock_store.database["gpus"].find_one({"_id": "GPU-1"})
+    assert gpu is not None
+    assert gpu["first_seen"] == T0
+    assert gpu["last_seen"] == T0 + timedelta(seconds=90)
