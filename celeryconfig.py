@@ -46,7 +46,10 @@ worker_pool = "threads"
 worker_concurrency = None
 worker_prefetch_multiplier = None
 worker_consumer = "telemetry.consumer:TelemetryConsumer"
-# Warm shutdown lets running tasks finish; prefetched messages go back unacked.
+# A task running when the broker connection drops can no longer be acked (its
+# delivery tag died with the channel) and will be redelivered, so Celery is told
+# to cancel it. The threads pool cannot cancel (it logs that it failed to); the
+# task finishes and its redelivery is stored as a counted duplicate.
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # Events make every task visible in Flower without extra flags.
