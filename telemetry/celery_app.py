@@ -152,4 +152,5 @@ signals.worker_shutdown.connect(_on_worker_shutdown)
 @inspect_command()  # type: ignore[untyped-decorator]
 def telemetry_stats(state: Any) -> dict[str, Any]:
     """This worker's collector counters (``celery -A telemetry inspect telemetry_stats``)."""
-    return {"instance_id": runtime.current_settings().instance_id, **STATS.snapshot()}
+    settings = runtime.current_settings()
+    return {"instance_id": settings.instance_id, "queue": settings.queue_name, **STATS.snapshot()}

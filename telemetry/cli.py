@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -191,6 +192,37 @@ def demo(csv_path: Path, data_dir: Path, limit: int | None, progress: bool | Non
     except (TelemetryError, OSError) as exc:
         fail(str(exc), 1)
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for workers to answer.",
+)
+def stats(as_json: bool, timeout: float) -> None:
+    """Counters of every running collector and the depth of its queues.
+
+    Exits 1 when no worker answers.
+    """
+    from telemetry.celery_app import app
+    from telemetry.monitor import cluster_stats, render_table
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    app.conf.broker_url = settings.broker_url
+    try:
+        result = cluster_stats(app, settings, timeout)
+    except TelemetryError as exc:
+        fail(str(exc))
+    click.echo(json.dumps(result, indent=2) if as_json else render_table(result))
+    if not result["workers"]:
+        sys.exit(1)
 
 
 @main.group()

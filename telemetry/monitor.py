@@ -1,0 +1,76 @@
+"""``telemetry stats``: every running collector's counters and the depth of its queues."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Connection
+from kombu.exceptions import OperationalError
+
+from telemetry.config import Settings
+from telemetry.errors import BrokerUnavailable
+from telemetry.queues import dead_queue_name, declare_topology
+from telemetry.stats import COUNTERS
+
+
+def cluster_stats(app: Celery, settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
+    """Counters of each worker consuming ``settings.queue_name``, and both queue depths.
+
+    Raises :class:`BrokerUnavailable` if the broker cannot be reached.
+    """
+    connection = Connection(settings.broker_url)
+    try:
+        connection.ensure_connection(max_retries=1, interval_start=0.5)
+        channel = connection.channel()
+        declare_topology(channel, settings.queue_name)
+        depths = {
+            name: int(channel.queue_declare(name, passive=True).message_count)
+            for name in (settings.queue_name, dead_queue_name(settings.queue_name))
+        }
+        replies = app.control.broadcast(
+            "telemetry_stats", reply=True, timeout=timeout_s, connection=connection
+        )
+    except (OperationalError, *connection.connection_errors) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {connection.as_uri()}: {exc}") from exc
+    finally:
+        connection.release()
+    workers = {
+        node: counters
+        for reply in replies or []
+        for node, counters in reply.items()
+        if isinstance(counters, dict) and counters.get("queue") == settings.queue_name
+    }
+    return {"workers": dict(sorted(workers.items())), "queues": depths}
+
+
+def render_table(stats: dict[str, Any]) -> str:
+    """A plain table: one row per worker, a total row, then the queue depths."""
+    columns = ["worker", *COUNTERS]
+    rows = [
+        [node, *(str(counters.get(name, 0)) for name in COUNTERS)]
+        for node, counters in stats["workers"].items()
+    ]
+    if len(rows) > 1:
+        rows.append(
+            [
+                "TOTAL",
+                *(str(sum(c.get(name, 0) for c in stats["workers"].values())) for name in COUNTERS),
+            ]
+        )
+    widths = [
+        max(len(column), *(len(row[index]) for row in rows)) if rows else len(column)
+        for index, column in enumerate(columns)
+    ]
+    lines = [
+        "  ".join(
+            text.rjust(width) if index else text.ljust(width)
+            for index, (text, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [columns, *rows]
+    ]
+    if not rows:
+        lines.append("(no worker answered)")
+    lines.append("")
+    lines.extend(f"queue {name}: {depth} waiting" for name, depth in stats["queues"].items())
+    return "\n".join(lines)
