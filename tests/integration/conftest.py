@@ -23,7 +23,7 @@ from telemetry.embedded import SecantusServer
 from telemetry.errors import TelemetryError
 from telemetry.publisher import ConfirmingPublisher, build_task_message
 from telemetry.queues import dead_exchange_name, dead_queue_name
-from tests.conftest import server_missing
+from tests.conftest import COLLECTOR_ENV, server_missing
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -42,6 +42,14 @@ def wait_for(
             seen = f"; last seen: {state()}" if state is not None else ""
             pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}{seen}")
         time.sleep(0.1)
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """Environment for a ``telemetry`` command: ours cleaned, ``settings`` set, repo importable."""
+    env = {key: value for key, value in os.environ.items() if key not in COLLECTOR_ENV}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(settings)
+    return env
 
 
 @pytest.fixture(scope="session")

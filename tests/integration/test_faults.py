@@ -25,10 +25,10 @@ from pymongo.database import Database
 from telemetry.embedded import SecantusServer
 from telemetry.publisher import ConfirmingPublisher
 from telemetry.queues import dead_queue_name
-from tests.conftest import COLLECTOR_ENV
 from tests.integration.conftest import (
     REPO,
     WorkerProcess,
+    cli_env,
     make_points,
     publish_points,
     queue_depth,
@@ -37,14 +37,6 @@ from tests.integration.conftest import (
 from tests.integration.latency_proxy import LatencyProxy
 
 pytestmark = pytest.mark.faults
-
-
-def cli_env(broker_url: str, queue_name: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in COLLECTOR_ENV}
-    env.update(
-        {"CELERY_BROKER_URL": broker_url, "TELEMETRY_QUEUE": queue_name, "PYTHONPATH": str(REPO)}
-    )
-    return env
 
 
 def telemetry_cli(*args: str, env: dict[str, str], timeout_s: float = 120) -> str:
@@ -191,7 +183,7 @@ def test_database_down_past_the_retry_budget_dead_letters_then_replay_stores_all
         lambda: queue_depth(broker_url, dead),
     )
     disk_server.start()
-    env = cli_env(broker_url, queue_name)
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
     listing = telemetry_cli("dlq", "list", "--limit", "3", env=env)
     replayed = telemetry_cli("dlq", "replay", env=env)
     # then
@@ -227,7 +219,7 @@ def test_dead_letters_can_be_shown_and_purged(
     ids = publish_points(publisher, make_points(3))
     dead = dead_queue_name(queue_name)
     wait_for(lambda: queue_depth(broker_url, dead) == 3, 60, "3 dead letters")
-    env = cli_env(broker_url, queue_name)
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
     # when
     shown = telemetry_cli("dlq", "show", ids[1], env=env)
     refused = subprocess.run(
@@ -248,7 +240,7 @@ def test_dead_letters_can_be_shown_and_purged(
 
 
 def test_dlq_commands_say_so_when_the_broker_is_unreachable() -> None:
-    env = cli_env("amqp://guest:guest@127.0.0.1:1//", "nowhere")
+    env = cli_env(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//", TELEMETRY_QUEUE="nowhere")
     result = subprocess.run(
         [sys.executable, "-m", "telemetry.cli", "dlq", "list"],
         env=env,
@@ -421,7 +413,7 @@ def test_broker_restarted_mid_stream_every_confirmed_point_is_stored(
 ) -> None:
     # given: a worker, and a streamer sending 3000 points at 300/s
     worker = start_worker()
-    env = cli_env(broker_url, queue_name)
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
     log = (tmp_path / "streamer.log").open("w")
     streamer = subprocess.Popen(
         [

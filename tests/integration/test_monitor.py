@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,15 +11,17 @@ from typing import Any
 from pymongo.database import Database
 
 from telemetry.publisher import ConfirmingPublisher
-from tests.conftest import COLLECTOR_ENV
-from tests.integration.conftest import REPO, WorkerProcess, make_points, publish_points, wait_for
+from tests.integration.conftest import (
+    WorkerProcess,
+    cli_env,
+    make_points,
+    publish_points,
+    wait_for,
+)
 
 
 def stats_command(broker_url: str, queue_name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key not in COLLECTOR_ENV}
-    env.update(
-        {"CELERY_BROKER_URL": broker_url, "TELEMETRY_QUEUE": queue_name, "PYTHONPATH": str(REPO)}
-    )
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
     return subprocess.run(
         [sys.executable, "-m", "telemetry.cli", "stats", *args],
         env=env,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,17 +14,9 @@ from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
 from telemetry.streamer import StreamOptions, run_stream
-from tests.conftest import COLLECTOR_ENV
-from tests.integration.conftest import REPO, WorkerProcess, queue_depth, wait_for
+from tests.integration.conftest import WorkerProcess, cli_env, queue_depth, wait_for
 
 TELEMETRY = [sys.executable, "-m", "telemetry.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in COLLECTOR_ENV}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
 
 
 def test_sample_file_is_confirmed_by_the_broker_row_for_row(
@@ -58,7 +49,7 @@ def test_stream_command_stores_good_rows_and_reports_bad_ones_by_line(
     # when
     result = subprocess.run(
         [*TELEMETRY, "stream", str(path), "--timestamps", "csv"],
-        env=clean_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name),
+        env=cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name),
         capture_output=True,
         text=True,
         timeout=120,
@@ -80,7 +71,7 @@ def test_stream_command_stores_good_rows_and_reports_bad_ones_by_line(
 def test_stream_command_with_broker_down_fails_at_once_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [*TELEMETRY, "stream", str(SAMPLE_CSV)],
-        env=clean_env(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//"),
+        env=cli_env(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -106,7 +97,7 @@ def test_demo_runs_the_whole_pipeline_with_no_servers(tmp_path: Path, broker_url
             str(tmp_path / "data"),
             "--no-progress",
         ],
-        env=clean_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=180,
