@@ -9,11 +9,11 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn, cast
 
 import click
 
-from telemetry.config import load_settings
+from telemetry.config import Settings, load_settings
 from telemetry.dcgm import CsvFormatError
 from telemetry.dlq import DeadLetterQueue, render
 from telemetry.errors import ConfigError, TelemetryError
@@ -55,6 +55,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line and exit with ``code``."""
     click.echo(f"telemetry: {message}", err=True)
     sys.exit(code)
+
+
+def settings_or_exit(overrides: dict[str, Any] | None = None) -> Settings:
+    """The settings (flags over environment); one line and exit code 2 if one is bad."""
+    try:
+        return load_settings(overrides=overrides)
+    except ConfigError as exc:
+        fail(str(exc), 2)
 
 
 @click.group()
@@ -121,8 +129,8 @@ def stream(
     """Send each row of DCGM CSV files as one telemetry.ingest task (PATHS or $CSV_PATH)."""
     from telemetry.streamer import options_from, run_stream
 
+    settings = settings_or_exit({"instance_id": instance_id})
     try:
-        settings = load_settings(overrides={"instance_id": instance_id})
         options = options_from(
             settings,
             paths,
@@ -181,10 +189,7 @@ def demo(csv_path: Path, data_dir: Path, limit: int | None, progress: bool | Non
     """
     from telemetry.demo import run_demo
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    settings = settings_or_exit()
     try:
         ok = run_demo(settings, csv_path, data_dir, limit, progress, stop_on_signals())
     except (CsvFormatError, UnicodeDecodeError) as exc:
@@ -211,10 +216,7 @@ def stats(as_json: bool, timeout: float) -> None:
     from telemetry.celery_app import app
     from telemetry.monitor import cluster_stats, render_table
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    settings = settings_or_exit()
     app.conf.broker_url = settings.broker_url
     try:
         result = cluster_stats(app, settings, timeout)
@@ -232,10 +234,7 @@ def dlq() -> None:
 
 def dead_letters() -> DeadLetterQueue:
     """The dead-letter queue the settings point at; exits with one line on bad settings."""
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    settings = settings_or_exit()
     return DeadLetterQueue(settings.broker_url, settings.queue_name)
 
 

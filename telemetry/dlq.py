@@ -11,18 +11,14 @@ copy harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kombu import Connection
 from kombu.exceptions import OperationalError
 
-from telemetry.errors import BrokerUnavailable
 from telemetry.publisher import ConfirmingPublisher, TaskMessage
-from telemetry.queues import ERROR_HEADER, dead_queue, dead_queue_name, declare_topology
+from telemetry.queues import ERROR_HEADER, dead_queue, dead_queue_name, topology_channel
 
 
 @dataclass(frozen=True)
@@ -95,30 +91,15 @@ class DeadLetterQueue:
         self.queue_name = queue_name
         self.dead_name = dead_queue_name(queue_name)
 
-    @contextmanager
-    def _channel(self) -> Iterator[tuple[Connection, Any]]:
-        connection = Connection(self.broker_url)
-        try:
-            connection.ensure_connection(max_retries=1, interval_start=0.5)
-            channel = connection.channel()
-            declare_topology(channel, self.queue_name)
-            yield connection, channel
-        except (OperationalError, *connection.connection_errors) as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {connection.as_uri()}: {exc}"
-            ) from exc
-        finally:
-            connection.release()
-
     def count(self) -> int:
         """How many messages are dead-lettered."""
-        with self._channel() as (_, channel):
+        with topology_channel(self.broker_url, self.queue_name) as (_, channel):
             return int(channel.queue_declare(self.dead_name, passive=True).message_count)
 
     def peek(self, limit: int | None = None) -> list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first; all stay in the queue."""
         letters: list[DeadLetter] = []
-        with self._channel() as (connection, _):
+        with topology_channel(self.broker_url, self.queue_name) as (connection, _):
             # A channel of its own: closing it returns every unacked message.
             reader = connection.channel()
             while limit is None or len(letters) < limit:
@@ -136,7 +117,7 @@ class DeadLetterQueue:
     def replay(self, limit: int | None = None) -> int:
         """Move up to ``limit`` dead letters back to the work queue; return how many moved."""
         moved = 0
-        with self._channel() as (connection, _):
+        with topology_channel(self.broker_url, self.queue_name) as (connection, _):
             reader = connection.channel()
             publisher = ConfirmingPublisher(connection.clone(), self.queue_name, window=1)
             publisher.open(retries=1)
@@ -156,7 +137,7 @@ class DeadLetterQueue:
 
     def purge(self) -> int:
         """Delete every dead letter; return how many there were."""
-        with self._channel() as (_, channel):
+        with topology_channel(self.broker_url, self.queue_name) as (_, channel):
             return int(channel.queue_purge(self.dead_name) or 0)
 
 

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Connection
-from kombu.exceptions import OperationalError
 
 from telemetry.config import Settings
-from telemetry.errors import BrokerUnavailable
-from telemetry.queues import dead_queue_name, declare_topology
+from telemetry.queues import dead_queue_name, topology_channel
 from telemetry.stats import COUNTERS
 
 
@@ -19,11 +16,7 @@ def cluster_stats(app: Celery, settings: Settings, timeout_s: float = 2.0) -> di
 
     Raises :class:`BrokerUnavailable` if the broker cannot be reached.
     """
-    connection = Connection(settings.broker_url)
-    try:
-        connection.ensure_connection(max_retries=1, interval_start=0.5)
-        channel = connection.channel()
-        declare_topology(channel, settings.queue_name)
+    with topology_channel(settings.broker_url, settings.queue_name) as (connection, channel):
         depths = {
             name: int(channel.queue_declare(name, passive=True).message_count)
             for name in (settings.queue_name, dead_queue_name(settings.queue_name))
@@ -31,10 +24,6 @@ def cluster_stats(app: Celery, settings: Settings, timeout_s: float = 2.0) -> di
         replies = app.control.broadcast(
             "telemetry_stats", reply=True, timeout=timeout_s, connection=connection
         )
-    except (OperationalError, *connection.connection_errors) as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {connection.as_uri()}: {exc}") from exc
-    finally:
-        connection.release()
     workers = {
         node: counters
         for reply in replies or []

@@ -15,9 +15,14 @@ so this module is the only place that builds them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from telemetry.errors import BrokerUnavailable
 
 TASK_NAME = "telemetry.ingest"
 # Set on every retry copy: the error that made the worker retry.
@@ -62,3 +67,22 @@ def declare_topology(channel: Any, queue_name: str) -> None:
     """Declare both exchanges, both queues and their bindings on ``channel``."""
     dead_queue(queue_name)(channel).declare()
     work_queue(queue_name)(channel).declare()
+
+
+@contextmanager
+def topology_channel(broker_url: str, queue_name: str) -> Iterator[tuple[Connection, Any]]:
+    """A connection and a channel with the topology declared, for short operator commands.
+
+    Raises :class:`BrokerUnavailable` with one readable line if the broker
+    cannot be reached; the connection is released on the way out.
+    """
+    connection = Connection(broker_url)
+    try:
+        connection.ensure_connection(max_retries=1, interval_start=0.5)
+        channel = connection.channel()
+        declare_topology(channel, queue_name)
+        yield connection, channel
+    except (OperationalError, *connection.connection_errors) as exc:
+        raise BrokerUnavailable(f"cannot reach the broker at {connection.as_uri()}: {exc}") from exc
+    finally:
+        connection.release()
