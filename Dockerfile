@@ -6,9 +6,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md celeryconfig.py ./
+# Flower reads its settings (the task page columns) from its working directory.
+COPY flowerconfig.py ./
 COPY telemetry ./telemetry
 RUN pip install --no-cache-dir . \
     && useradd --create-home --uid 10001 telemetry
 USER telemetry
+
+# The worker's Prometheus metrics and its /healthz and /readyz probes (METRICS_PORT).
+EXPOSE 9842
 
 CMD ["celery", "-A", "telemetry", "worker", "-c", "10", "--loglevel=INFO"]

@@ -4,7 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test faults bench lint format clean
+.PHONY: install demo test faults bench flower-screenshot lint format clean
+
+# apt-get needs root; sudo only when this is not root already.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/telemetry demo
 
-## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB).
+## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB);
+## then the worker and fault tests again with BATCH_SIZE=1, the per-message path.
 test: $(STAMP)
 	$(PY) -m pytest
+	TEST_BATCH_SIZE=1 $(PY) -m pytest tests/integration/test_worker.py tests/integration/test_faults.py
 
 ## Only the fault-injection suite (part of `make test` too); see docs/reliability.md.
 faults: $(STAMP)
@@ -29,6 +34,11 @@ faults: $(STAMP)
 ## Throughput against baselines from the same run (see benchmarks/run.py; BENCH_ARGS to tune).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+## Flower's task page as docs/flower-tasks.png, from a live worker (installs Debian's chromium; not CI).
+flower-screenshot: $(STAMP)
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	$(PY) -m tools.flower_screenshot --output docs/flower-tasks.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,9 +5,12 @@ Measures, each ``--repeats`` times, and prints medians as a table and JSON:
 1. the Celery no-op ceiling: a backlog of no-op tasks drained by a worker with
    the collector's pool and concurrency;
 2. the storage ceiling: ``insert_many`` of the same documents into SecantusDB;
-3. end to end: the streamer publishing with confirms while a worker stores;
-   points/s, ratios to both baselines, publish→stored latency, database
-   writes per point and the worker's peak memory;
+3. end to end, per ``BATCH_SIZE``, with points/s, ratios to both baselines,
+   publish→stored latency, database writes per point and the worker's peak
+   memory, in three runs:
+   ``live``  the streamer publishing as fast as it can while the worker stores;
+   ``drain`` a backlog of every point queued first, then drained;
+   ``paced`` the streamer publishing at ``--paced-rate`` (1,000/s), for latency;
 4. the streamer alone: publish rate with broker confirms.
 
 Everything runs on this machine: RabbitMQ on 127.0.0.1:5672 and a SecantusDB
@@ -26,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +44,7 @@ from telemetry.dcgm import Row, read_dcgm_csv
 from telemetry.embedded import SecantusServer
 from telemetry.publisher import ConfirmingPublisher, TaskMessage
 from telemetry.queues import dead_queue_name
-from telemetry.storage import point_document
+from telemetry.storage import MongoTelemetryStore, point_document
 from telemetry.streamer import StreamOptions, StreamReport, run_stream
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +79,8 @@ def start_worker(
         TELEMETRY_QUEUE=queue,
         PYTHONPATH=str(REPO),
         STATS_INTERVAL_S="3600",
+        # A node name of its own (telemetry@<queue>), so no control queue clashes.
+        INSTANCE_ID=queue,
         **(extra_env or {}),
     )
     handle = log.open("wb")
@@ -101,7 +107,7 @@ def start_worker(
     while " ready." not in log.read_text(errors="replace"):
         if worker.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     return worker
 
 
@@ -123,7 +129,7 @@ def wait_until(done: Callable[[], bool], timeout_s: float, tick: Callable[[], No
         if time.monotonic() > deadline:
             raise RuntimeError("timed out")
         tick()
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
 def noop_ceiling(points: int, mongodb_uri: str, workdir: Path) -> float:
@@ -139,35 +145,23 @@ def noop_ceiling(points: int, mongodb_uri: str, workdir: Path) -> float:
     publisher.flush()
     publisher.close()
     worker = start_worker("benchmarks.noop", queue, mongodb_uri, workdir / "noop.log")
+    already = settled(queue, ("messages_processed",))
     started = time.monotonic()
     try:
-        wait_until(lambda: drained(queue), 600, lambda: None)
+        wait_until(lambda: settled(queue, ("messages_processed",)) >= points, 600, lambda: None)
     finally:
         elapsed = time.monotonic() - started
         stop(worker)
         delete_queues(queue)
-    return points / elapsed
-
-
-def drained(queue: str) -> bool:
-    """No message ready and none held by a consumer."""
-    if queue_depth(queue) > 0:
-        return False
-    output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages_unacknowledged"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return any(line.split("\t") == [queue, "0"] for line in output.splitlines())
+    return (points - already) / elapsed
 
 
 def storage_ceiling(points: int, mongodb_uri: str, rows: list[Row]) -> float:
     """Documents per second for insert_many of the same documents, same indexes."""
     client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
-    collection = client["bench_storage"][f"t{uuid.uuid4().hex[:8]}"]
-    collection.create_index([("gpu_uuid", 1), ("metric_name", 1), ("timestamp", 1)], unique=True)
-    collection.create_index([("gpu_uuid", 1), ("timestamp", 1)])
+    name = f"bench_storage_{uuid.uuid4().hex[:8]}"
+    MongoTelemetryStore(client[name], load_settings(env={})).ensure_indexes()
+    collection = client[name]["telemetry"]
     now = datetime.now(UTC)
     documents = []
     for index in range(points):
@@ -180,33 +174,52 @@ def storage_ceiling(points: int, mongodb_uri: str, rows: list[Row]) -> float:
     for first in range(0, points, 1000):
         collection.insert_many(documents[first : first + 1000], ordered=False)
     elapsed = time.monotonic() - started
-    collection.drop()
+    client.drop_database(name)
     client.close()
     return points / elapsed
 
 
-def end_to_end(points: int, mongodb_uri: str, workdir: Path, batch_size: int) -> dict[str, float]:
-    """Streamer → RabbitMQ → worker → MongoDB, the streamer publishing throughout."""
+def end_to_end(
+    points: int,
+    mongodb_uri: str,
+    workdir: Path,
+    batch_size: int,
+    rate: float | None = None,
+    backlog: bool = False,
+) -> dict[str, float]:
+    """Streamer → RabbitMQ → worker → MongoDB.
+
+    By default the streamer publishes as fast as it can while the worker
+    stores; with ``rate`` it is paced; with ``backlog`` every point is queued
+    before the worker starts, and the figure is the drain rate.
+    """
     queue = f"bench.e2e.{uuid.uuid4().hex[:8]}"
     client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
     database = client["bench"]
     database.drop_collection("telemetry")
     database.drop_collection("gpus")
-    worker = start_worker(
-        "telemetry", queue, mongodb_uri, workdir / "e2e.log", {"BATCH_SIZE": str(batch_size)}
-    )
+    env = {"BATCH_SIZE": str(batch_size)}
+    report = stream_points(queue, points, rate) if backlog else None
+    worker = start_worker("telemetry", queue, mongodb_uri, workdir / "e2e.log", env)
     ops_before = write_ops(client)
     peak = rss_kb(worker.pid)
+    already = settled(queue)
     started = time.monotonic()
     try:
-        report = stream_points(queue, points)
+        if report is None:
+            report = stream_points(queue, points, rate)
 
         def sample() -> None:
             nonlocal peak
             peak = max(peak, rss_kb(worker.pid))
 
-        wait_until(lambda: database["telemetry"].estimated_document_count() >= points, 3600, sample)
+        # Progress comes from the worker's counters: counting documents costs
+        # SecantusDB O(n) (144 ms at 20,000), which would load the very server
+        # being measured.
+        wait_until(lambda: settled(queue) >= points, 3600, sample)
         elapsed = time.monotonic() - started
+        if database["telemetry"].count_documents({}) != points:
+            raise RuntimeError("the worker counted every point, but the database lacks some")
     finally:
         stop(worker)
         delete_queues(queue)
@@ -217,7 +230,7 @@ def end_to_end(points: int, mongodb_uri: str, workdir: Path, batch_size: int) ->
     )
     client.close()
     return {
-        "points_per_s": points / elapsed,
+        "points_per_s": (points - already) / elapsed,
         "publish_points_per_s": report.rate,
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
@@ -225,6 +238,21 @@ def end_to_end(points: int, mongodb_uri: str, workdir: Path, batch_size: int) ->
         "db_writes_per_point": ops / points,
         "worker_peak_rss_mb": peak / 1024,
     }
+
+
+def settled(queue: str, counters: tuple[str, ...] = ("telemetry_stored", "duplicates")) -> int:
+    """The sum of ``counters`` of the worker of ``queue``, asked over the broker."""
+    replies = app.control.broadcast(
+        "telemetry_stats",
+        reply=True,
+        timeout=1.0,
+        limit=1,
+        destination=[f"telemetry@{queue}"],
+    )
+    for reply in replies or []:
+        for values in reply.values():
+            return sum(int(values[name]) for name in counters)
+    return 0
 
 
 def write_ops(client: MongoClient[dict[str, Any]]) -> int:
@@ -238,10 +266,12 @@ def percentile(values: list[float], share: float) -> float:
     return values[min(len(values) - 1, int(len(values) * share / 100))]
 
 
-def stream_points(queue: str, points: int) -> StreamReport:
+def stream_points(queue: str, points: int, rate: float | None = None) -> StreamReport:
     """Stream ``points`` rows of the sample, looping, to ``queue`` with confirms."""
     settings = load_settings(env={}, overrides={"broker_url": BROKER, "queue_name": queue})
-    options = StreamOptions(paths=[SAMPLE_CSV], loop=True, limit=points)
+    options = StreamOptions(
+        paths=[SAMPLE_CSV], loop=True, limit=points, rate=rate, max_backlog=max(points, 100_000)
+    )
     return run_stream(settings, options, show_progress=False, app=app)
 
 
@@ -257,25 +287,43 @@ def streamer_alone(points: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=10_000)
+    parser.add_argument("--points", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-sizes", default="1", help="comma-separated BATCH_SIZE values")
+    parser.add_argument(
+        "--batch-sizes", default="1,100,500", help="comma-separated BATCH_SIZE values"
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=1000.0, help="points/s of the latency run"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     rows = sample_rows()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     workdir = Path(os.environ.get("BENCH_DIR", "/tmp")) / f"telemetry-bench-{uuid.uuid4().hex[:6]}"
     workdir.mkdir(parents=True)
+    paced_points = min(args.points, int(args.paced_rate * 15))
+    scenarios: dict[str, Callable[..., dict[str, float]]] = {}
+    for size in batch_sizes:
+        scenarios[f"e2e_live_batch_{size}"] = partial(
+            end_to_end, args.points, workdir=workdir, batch_size=size
+        )
+        scenarios[f"e2e_drain_batch_{size}"] = partial(
+            end_to_end, args.points, workdir=workdir, batch_size=size, backlog=True
+        )
+        scenarios[f"e2e_paced_batch_{size}"] = partial(
+            end_to_end, paced_points, workdir=workdir, batch_size=size, rate=args.paced_rate
+        )
     runs: dict[str, list[Any]] = {"noop": [], "storage": [], "stream": []}
-    runs.update({f"e2e_batch_{size}": [] for size in batch_sizes})
+    runs.update({name: [] for name in scenarios})
     with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
         for repeat in range(args.repeats):
-            print(f"repeat {repeat + 1}/{args.repeats} …", file=sys.stderr, flush=True)
+            print(f"repeat {repeat + 1}/{args.repeats}: baselines", file=sys.stderr, flush=True)
             runs["noop"].append(noop_ceiling(args.points, server.uri, workdir))
             runs["storage"].append(storage_ceiling(args.points, server.uri, rows))
             runs["stream"].append(streamer_alone(args.points))
-            for size in batch_sizes:
-                runs[f"e2e_batch_{size}"].append(end_to_end(args.points, server.uri, workdir, size))
+            for name, scenario in scenarios.items():
+                print(f"repeat {repeat + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
+                runs[name].append(scenario(mongodb_uri=server.uri))
     result = summarise(runs, args.points, args.repeats)
     print_table(result)
     text = json.dumps(result, indent=2)
@@ -318,10 +366,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"  streamer alone, with confirms    {result['streamer_points_per_s']:>8,} points/s")
     for name, row in result["end_to_end"].items():
         print(
-            f"  end to end, {name:<20} {row['points_per_s']:>8,.0f} points/s  "
+            f"  {name:<22} {row['points_per_s']:>8,.0f} points/s  "
             f"(x{row['ratio_to_noop']:.2f} no-op, x{row['ratio_to_storage']:.2f} storage)  "
             f"latency p50/p95/p99 {row['latency_p50_ms']:,.0f}/{row['latency_p95_ms']:,.0f}/"
-            f"{row['latency_p99_ms']:,.0f} ms  {row['db_writes_per_point']:.2f} writes/point  "
+            f"{row['latency_p99_ms']:,.0f} ms  {row['db_writes_per_point']:.3f} writes/point  "
             f"worker peak {row['worker_peak_rss_mb']:.0f} MB"
         )
     print()

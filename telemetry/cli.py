@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -17,19 +18,16 @@ from telemetry.config import Settings, load_settings
 from telemetry.dcgm import CsvFormatError
 from telemetry.dlq import DeadLetterQueue, render
 from telemetry.errors import ConfigError, TelemetryError
-from telemetry.stats import log_stats_as_bare_json
+from telemetry.logs import LogFormat, configure_logging, current_format
 
 SAMPLE_CSV = Path(__file__).parent / "data" / "dcgm_metrics_20250718_134233.csv"
 
+logger = logging.getLogger("telemetry.cli")
 
-def setup_logging(verbose: bool) -> None:
-    """Readable log lines on stderr; statistics lines stay bare JSON."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    log_stats_as_bare_json(sys.stderr)
+
+def setup_logging(instance_id: str, log_format: LogFormat, verbose: bool) -> None:
+    """Log lines on stderr, JSON unless it is a terminal; statistics lines always show."""
+    configure_logging(instance_id, log_format, logging.INFO if verbose else logging.WARNING)
 
 
 def stop_on_signals() -> threading.Event:
@@ -39,11 +37,13 @@ def stop_on_signals() -> threading.Event:
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        click.echo(
-            f"\n{signal.Signals(signum).name}: finishing what is in flight "
-            "(press Ctrl-C again to abort)",
-            err=True,
-        )
+        note = "finishing what is in flight (press Ctrl-C again to abort)"
+        name = signal.Signals(signum).name
+        if current_format() == "json":
+            logger.warning("%s: %s", name, note)
+        else:
+            # A new line first: a progress bar may be drawn on the current one.
+            click.echo(f"\n{name}: {note}", err=True)
         stop.set()
 
     signal.signal(signal.SIGINT, handle)
@@ -52,24 +52,39 @@ def stop_on_signals() -> threading.Event:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one line and exit with ``code``."""
-    click.echo(f"telemetry: {message}", err=True)
+    """Say what failed in one line (a JSON log line when logs are JSON) and exit with ``code``."""
+    if current_format() == "json":
+        logger.error(message, extra={"exit_code": code})
+    else:
+        click.echo(f"telemetry: {message}", err=True)
     sys.exit(code)
 
 
+def verbose_requested() -> bool:
+    """Whether ``telemetry -v`` was given."""
+    context = click.get_current_context(silent=True)
+    return context is not None and bool(context.find_root().params.get("verbose"))
+
+
 def settings_or_exit(overrides: dict[str, Any] | None = None) -> Settings:
-    """The settings (flags over environment); one line and exit code 2 if one is bad."""
+    """The settings (flags over environment); one line and exit code 2 if one is bad.
+
+    Logging is set up again from them: ``LOG_FORMAT`` and the instance id.
+    """
     try:
-        return load_settings(overrides=overrides)
+        settings = load_settings(overrides=overrides)
     except ConfigError as exc:
         fail(str(exc), 2)
+    setup_logging(settings.instance_id, settings.log_format, verbose_requested())
+    return settings
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
     """GPU telemetry: stream DCGM CSV to the collector, or run the whole pipeline."""
-    setup_logging(verbose)
+    # Until the settings are read: the host name (INSTANCE_ID's default) and LOG_FORMAT=auto.
+    setup_logging(socket.gethostname(), "auto", verbose)
 
 
 @main.command()

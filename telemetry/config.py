@@ -17,6 +17,7 @@ from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from telemetry.errors import ConfigError
+from telemetry.logs import LogFormat
 
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
 
@@ -25,6 +26,7 @@ BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
 ENV_NAMES: dict[str, str] = {
     "instance_id": "INSTANCE_ID",
     "batch_size": "BATCH_SIZE",
+    "flush_interval_ms": "FLUSH_INTERVAL_MS",
     "max_concurrent_handlers": "MAX_CONCURRENT_HANDLERS",
     "queue_buffer_size": "QUEUE_BUFFER_SIZE",
     "queue_workers": "QUEUE_WORKERS",
@@ -40,10 +42,13 @@ ENV_NAMES: dict[str, str] = {
     "rejected_max_docs": "REJECTED_MAX_DOCS",
     "retention_days": "RETENTION_DAYS",
     "gpu_last_seen_lag_s": "GPU_LAST_SEEN_LAG_S",
+    "log_format": "LOG_FORMAT",
+    "metrics_port": "METRICS_PORT",
 }
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_MONGODB_URI = "mongodb://localhost:27017"
+DEFAULT_METRICS_PORT = 9842
 
 
 class Settings(BaseModel):
@@ -52,7 +57,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=200, ge=1)
+    flush_interval_ms: int = Field(default=200, ge=1)
     max_concurrent_handlers: int = Field(default=10, ge=1)
     queue_buffer_size: int = Field(default=1000, ge=1)
     queue_workers: int = Field(default=10, ge=1)
@@ -68,6 +74,9 @@ class Settings(BaseModel):
     rejected_max_docs: int = Field(default=10_000, ge=1)
     retention_days: int = Field(default=0, ge=0)
     gpu_last_seen_lag_s: float = Field(default=60.0, ge=0)
+    log_format: LogFormat = "auto"
+    # /metrics, /healthz and /readyz; 0 turns them off.
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65_535)
 
     @field_validator("broker_url")
     @classmethod

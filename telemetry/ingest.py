@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from telemetry import metrics
 from telemetry.errors import InvalidMessage
 from telemetry.gpucache import GpuCache
 from telemetry.models import parse_message
@@ -78,12 +79,15 @@ def ingest_message(
     now = datetime.now(UTC)
     # GPU first: if the point insert then fails, the retry repeats only an
     # idempotent upsert, and a later duplicate count means a real redelivery.
-    if gpu_cache is None or gpu_cache.needs_write(point, metadata):
-        store.upsert_gpu(point, metadata, now)
-        stats.incr("gpus_stored")
-        if gpu_cache is not None:
-            gpu_cache.remember(point, metadata)
-    if store.insert_point(point, metadata, now):
+    with metrics.db_write_timer(batch_size=1):
+        if gpu_cache is None or gpu_cache.needs_write(point, metadata):
+            store.upsert_gpu(point, metadata, now)
+            stats.incr("gpus_stored")
+            if gpu_cache is not None:
+                gpu_cache.remember(point, metadata)
+        inserted = store.insert_point(point, metadata, now)
+    if inserted:
+        metrics.observe_latency(metrics.seconds_since(point.timestamp))
         stats.incr("telemetry_stored", "messages_processed")
         return Outcome("stored")
     stats.incr("duplicates", "messages_processed")
@@ -96,4 +100,5 @@ def reject_message(
     """Record, count and log one invalid message (raises only if storage fails)."""
     store.record_rejected(reason, message_id, raw)
     stats.incr("messages_errors", "messages_processed")
+    metrics.count_error(reason)
     logger.warning("Rejected invalid message %s: %s", message_id, reason)

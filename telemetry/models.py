@@ -8,6 +8,7 @@ operator can act on.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -131,6 +132,23 @@ def format_timestamp(moment: datetime) -> str:
 
 def parse_labels(raw: str) -> dict[str, str] | None:
     """Parse ``name="value",…`` label text into a dict, or ``None`` if it is not that form."""
+    # A GPU's metrics all carry the same label text, so most calls are repeats;
+    # only short texts are cached, which bounds the cache at about 8 MiB.
+    if len(raw) > LABELS_CACHED_MAX_CHARS:
+        return _parse_labels_text(raw)
+    labels = _parse_labels_cached(raw)
+    return None if labels is None else dict(labels)
+
+
+LABELS_CACHED_MAX_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_labels_cached(raw: str) -> dict[str, str] | None:
+    return _parse_labels_text(raw)
+
+
+def _parse_labels_text(raw: str) -> dict[str, str] | None:
     labels: dict[str, str] = {}
     position = 0
     text = raw.strip()

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 from collections.abc import Callable
-from typing import TextIO
 
 COUNTERS = (
     "messages_processed",
@@ -33,6 +31,16 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTERS, 0)
+        self._listeners: list[Callable[[str, int], None]] = []
+
+    def subscribe(self, listener: Callable[[str, int], None]) -> None:
+        """Call ``listener(name, by)`` after each counter :meth:`incr` adds to (once per listener).
+
+        The worker mirrors its counters into Prometheus this way.
+        """
+        with self._lock:
+            if listener not in self._listeners:
+                self._listeners.append(listener)
 
     def incr(self, *names: str, by: int = 1) -> None:
         """Add ``by`` to each named counter."""
@@ -41,6 +49,10 @@ class Stats:
                 if name not in self._values:
                     raise KeyError(f"unknown counter {name!r}")
                 self._values[name] += by
+            listeners = list(self._listeners)
+        for listener in listeners:
+            for name in names:
+                listener(name, by)
 
     def snapshot(self) -> dict[str, int]:
         """A consistent copy of every counter."""
@@ -53,19 +65,28 @@ class Stats:
             self._values = dict.fromkeys(COUNTERS, 0)
 
 
-def stats_line(stats: Stats, instance_id: str, component: str = "collector") -> str:
-    """The JSON log line: message, component, instance and every counter."""
-    body: dict[str, object] = {
-        "message": "Collector statistics",
-        "component": component,
-        "instance_id": instance_id,
-    }
+STATS_MESSAGE = "Collector statistics"
+
+
+def stats_fields(stats: Stats, instance_id: str, component: str = "collector") -> dict[str, object]:
+    """Component, instance and every counter: the fields of a statistics log line."""
+    body: dict[str, object] = {"component": component, "instance_id": instance_id}
     body.update(stats.snapshot())
-    return json.dumps(body, sort_keys=False)
+    return body
+
+
+def stats_line(stats: Stats, instance_id: str, component: str = "collector") -> str:
+    """The statistics as one JSON object: message, component, instance and every counter."""
+    return json.dumps({"message": STATS_MESSAGE, **stats_fields(stats, instance_id, component)})
 
 
 class StatsReporter:
-    """Logs :func:`stats_line` every ``interval_s`` seconds, and once more on :meth:`stop`."""
+    """Logs the statistics every ``interval_s`` seconds, and once more on :meth:`stop`.
+
+    Each report is one log record with the counters as extra fields, so the
+    JSON log line carries them as top-level fields. ``emit``, when given,
+    receives :func:`stats_line` instead.
+    """
 
     def __init__(
         self,
@@ -77,7 +98,7 @@ class StatsReporter:
         self._stats = stats
         self._instance_id = instance_id
         self._interval_s = interval_s
-        self._emit = emit or logger.info
+        self._emit = emit
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-reporter", daemon=True)
 
@@ -90,26 +111,17 @@ class StatsReporter:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        self._emit(stats_line(self._stats, self._instance_id))
+        self._report()
 
     def _run(self) -> None:
         while not self._stopped.wait(self._interval_s):
+            self._report()
+
+    def _report(self) -> None:
+        if self._emit is not None:
             self._emit(stats_line(self._stats, self._instance_id))
-
-
-def log_stats_as_bare_json(stream: TextIO | None = None) -> None:
-    """Statistics lines go out without a log prefix, so log shippers can parse them as JSON.
-
-    The default stream is the real stderr: Celery swaps ``sys.stderr`` for a
-    logging proxy in workers.
-    """
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(stream or sys.__stderr__)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
+        else:
+            logger.info(STATS_MESSAGE, extra=stats_fields(self._stats, self._instance_id))
 
 
 STATS = Stats()

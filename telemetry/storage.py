@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, MongoClient, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import (
+    BulkWriteError,
     CollectionInvalid,
     ConnectionFailure,
     DuplicateKeyError,
@@ -34,6 +36,19 @@ from telemetry.models import GpuMetadata, Point, parse_labels
 # elections, interrupted operations and time-outs.
 TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
 RAW_MESSAGE_MAX_CHARS = 16_384
+DUPLICATE_KEY = 11000
+
+InsertOutcome = Literal["stored", "duplicate", "failed"]
+
+
+@dataclass(frozen=True)
+class GpuUpdate:
+    """One GPU upsert of a batch: the metadata to set and the span of point times seen."""
+
+    gpu_uuid: str
+    fields: dict[str, Any]
+    first_seen: datetime
+    last_seen: datetime
 
 
 def is_transient(exc: PyMongoError) -> bool:
@@ -80,12 +95,8 @@ class MongoTelemetryStore:
             if self._indexes_ready:
                 return
             telemetry = self._db["telemetry"]
-            # The unique key is what makes a redelivered message store nothing twice.
-            telemetry.create_index(
-                [("gpu_uuid", ASCENDING), ("metric_name", ASCENDING), ("timestamp", ASCENDING)],
-                unique=True,
-                name="point_key",
-            )
+            # No unique index of our own: the point's key is its _id (see
+            # point_document), which every collection indexes anyway.
             telemetry.create_index(
                 [("gpu_uuid", ASCENDING), ("timestamp", ASCENDING)], name="gpu_time"
             )
@@ -152,10 +163,64 @@ class MongoTelemetryStore:
         with translated_errors("ping"):
             self._db.client.admin.command("ping")
 
+    def upsert_gpus(self, updates: Sequence[GpuUpdate], now: datetime) -> None:
+        """Apply many GPU upserts in one unordered bulk write; all-or-error."""
+        if not updates:
+            return
+        operations = [
+            UpdateOne(
+                {"_id": update.gpu_uuid},
+                {
+                    "$set": {**update.fields, "updated_at": now},
+                    "$min": {"first_seen": update.first_seen},
+                    "$max": {"last_seen": update.last_seen},
+                },
+                upsert=True,
+            )
+            for update in updates
+        ]
+        with translated_errors("upserting GPUs"):
+            self._db["gpus"].bulk_write(operations, ordered=False)
+
+    def insert_points(self, documents: Sequence[dict[str, Any]]) -> list[InsertOutcome]:
+        """Insert many ``telemetry`` documents unordered; one outcome per document.
+
+        A duplicate key is ``"duplicate"``; any other per-document error is
+        ``"failed"`` with the others still written. Errors that leave the
+        outcome of the whole write unknown (connection loss, write concern)
+        raise, as for a single insert.
+        """
+        if not documents:
+            return []
+        self.ensure_indexes()
+        outcomes: list[InsertOutcome] = ["stored"] * len(documents)
+        with translated_errors("storing points"):
+            try:
+                self._db["telemetry"].insert_many(documents, ordered=False)
+            except BulkWriteError as exc:
+                details = exc.details
+                if details.get("writeConcernErrors"):
+                    raise StorageUnavailable(f"storing points: {exc}") from exc
+                for error in details.get("writeErrors", []):
+                    duplicate = error.get("code") == DUPLICATE_KEY
+                    outcomes[error["index"]] = "duplicate" if duplicate else "failed"
+        return outcomes
+
 
 def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[str, Any]:
-    """The ``telemetry`` document for one point."""
+    """The ``telemetry`` document for one point.
+
+    The ``_id`` is the point's identity (GPU, metric, time), so a redelivered
+    message stores nothing twice. Keeping it in ``_id`` rather than in a
+    unique index of its own saves one index update per insert: about 1.5-2x
+    the insert rate on SecantusDB (README, "Performance").
+    """
     document: dict[str, Any] = {
+        "_id": {
+            "gpu_uuid": point.gpu_uuid,
+            "metric_name": point.metric_name,
+            "timestamp": point.timestamp,
+        },
         "gpu_uuid": point.gpu_uuid,
         "metric_name": point.metric_name,
         "value": point.value,

@@ -7,7 +7,6 @@ so it can be tested and reused without a broker or a worker.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -33,6 +32,7 @@ logger = logging.getLogger("telemetry.streamer")
 stats_logger = logging.getLogger("telemetry.stats")
 
 TimestampMode = Literal["now", "csv"]
+STATS_MESSAGE = "Streamer statistics"
 
 
 class Publisher(Protocol):
@@ -79,19 +79,16 @@ class StreamReport:
         """Rows sent per second."""
         return self.rows_sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    def stats_line(self, instance_id: str) -> str:
-        """The periodic JSON line: ``rows_sent``, ``errors`` and ``rate``."""
-        return json.dumps(
-            {
-                "message": "Streamer statistics",
-                "component": "streamer",
-                "instance_id": instance_id,
-                "rows_sent": self.rows_sent,
-                "confirmed": self.confirmed,
-                "errors": self.errors,
-                "rate": round(self.rate, 1),
-            }
-        )
+    def stats_fields(self, instance_id: str) -> dict[str, object]:
+        """The fields of the periodic statistics log line: ``rows_sent``, ``errors``, ``rate``."""
+        return {
+            "component": "streamer",
+            "instance_id": instance_id,
+            "rows_sent": self.rows_sent,
+            "confirmed": self.confirmed,
+            "errors": self.errors,
+            "rate": round(self.rate, 1),
+        }
 
     def summary(self) -> dict[str, object]:
         """Everything but the list of bad rows, for the final report."""
@@ -176,7 +173,9 @@ class Streamer:
             if self._progress is not None:
                 self._progress.update(report.rows_sent)
             if now >= next_stats:
-                stats_logger.info(report.stats_line(self._options.instance_id))
+                stats_logger.info(
+                    STATS_MESSAGE, extra=report.stats_fields(self._options.instance_id)
+                )
                 next_stats = now + self._options.stats_interval_s
         self._publisher.flush()
         report.confirmed = self._publisher.confirmed
@@ -359,7 +358,7 @@ def run_stream(
     finally:
         backlog.close()
         publisher.close()
-    stats_logger.info(report.stats_line(options.instance_id))
+    stats_logger.info(STATS_MESSAGE, extra=report.stats_fields(options.instance_id))
     print_summary(report, options)
     return report
 

@@ -37,6 +37,9 @@ def backoff_delay_s(retries: int, settings: Settings, rng: random.Random | None 
 class IngestTask(Task):  # type: ignore[misc]
     """Counts what Celery decides after the task body: retries and dead letters."""
 
+    # Celery's per-message handler, or batch commits in front of it (BATCH_SIZE > 1).
+    Strategy = "telemetry.batching:batch_strategy"
+
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:

@@ -16,6 +16,8 @@ from telemetry.storage import MongoTelemetryStore
 COLLECTOR_ENV = (
     "INSTANCE_ID",
     "BATCH_SIZE",
+    "FLUSH_INTERVAL_MS",
+    "GPU_LAST_SEEN_LAG_S",
     "MAX_CONCURRENT_HANDLERS",
     "QUEUE_BUFFER_SIZE",
     "QUEUE_WORKERS",
@@ -30,6 +32,8 @@ COLLECTOR_ENV = (
     "MONGO_TIMEOUT_MS",
     "REJECTED_MAX_DOCS",
     "RETENTION_DAYS",
+    "LOG_FORMAT",
+    "METRICS_PORT",
     "CSV_PATH",
     "STREAM_INTERVAL",
     "LOOP_MODE",

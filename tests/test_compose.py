@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import runpy
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import yaml
 
 from telemetry.celery_app import WORKER_FLAGS
 from telemetry.cli import SAMPLE_CSV, main
-from telemetry.config import ENV_NAMES
+from telemetry.config import DEFAULT_METRICS_PORT, ENV_NAMES, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER_ENV = {"CSV_PATH", "LOOP_MODE", "STREAM_INTERVAL", "STREAM_MAX_BACKLOG"}
@@ -85,6 +86,13 @@ def test_dockerfile_ships_the_package_and_the_celery_config() -> None:
     assert "pip install --no-cache-dir ." in dockerfile
 
 
+def test_flower_in_the_image_shows_results_on_the_task_page() -> None:
+    # Flower reads flowerconfig.py from its working directory, the image's WORKDIR.
+    assert "COPY flowerconfig.py ./" in (REPO / "Dockerfile").read_text()
+    columns = runpy.run_path(str(REPO / "flowerconfig.py"))["tasks_columns"].split(",")
+    assert {"state", "result", "exception"} <= set(columns)
+
+
 def test_worker_flags_cover_the_seed_settings() -> None:
     assert {
         "instance_id",
@@ -93,3 +101,15 @@ def test_worker_flags_cover_the_seed_settings() -> None:
         "queue_buffer_size",
         "queue_workers",
     } <= set(WORKER_FLAGS)
+
+
+def test_worker_publishes_its_metrics_port_and_checks_its_liveness_there(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker"]
+    port = load_settings(env=worker["environment"]).metrics_port
+    assert port == DEFAULT_METRICS_PORT
+    assert f"{port}:{port}" in worker["ports"]
+    probe = " ".join(worker["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in probe
+    assert f"EXPOSE {port}" in (REPO / "Dockerfile").read_text()

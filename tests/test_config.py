@@ -17,10 +17,11 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.instance_id == socket.gethostname()
     assert (
         settings.batch_size,
+        settings.flush_interval_ms,
         settings.max_concurrent_handlers,
         settings.queue_buffer_size,
         settings.queue_workers,
-    ) == (1, 10, 1000, 10)
+    ) == (200, 200, 10, 1000, 10)
     assert settings.broker_url == "amqp://guest:guest@localhost:5672//"
     assert settings.mongodb_uri == "mongodb://localhost:27017"
     assert settings.mongodb_db == "telemetry"

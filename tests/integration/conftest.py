@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from telemetry.celery_app import app
-from telemetry.embedded import SecantusServer
+from telemetry.embedded import SecantusServer, free_port
 from telemetry.errors import TelemetryError
 from telemetry.publisher import ConfirmingPublisher, build_task_message
 from telemetry.queues import dead_exchange_name, dead_queue_name
@@ -198,12 +202,19 @@ def start_worker(
                 "MONGODB_URI": mongodb_uri or mongo_server.uri,
                 "MONGODB_DB": database_name,
                 "TELEMETRY_QUEUE": queue_name,
-                "INSTANCE_ID": f"worker-{len(started) + 1}",
+                # Unique per test: node names (telemetry@<id>) are broker-wide.
+                "INSTANCE_ID": f"worker-{len(started) + 1}-{queue_name}",
                 "STATS_INTERVAL_S": "1",
+                # Off unless a test asks for a port: workers of one host would clash.
+                "METRICS_PORT": "0",
                 "MONGO_TIMEOUT_MS": "1000",
                 "PYTHONPATH": str(REPO),
             }
         )
+        # `make test` runs the integration tests once more with TEST_BATCH_SIZE=1,
+        # so both the batch path and the per-message path pass the same tests.
+        if os.environ.get("TEST_BATCH_SIZE"):
+            env["BATCH_SIZE"] = os.environ["TEST_BATCH_SIZE"]
         env.update({key.upper(): value for key, value in settings.items()})
         worker = WorkerProcess(env, tmp_path / f"worker-{len(started) + 1}.log", concurrency)
         started.append(worker)
@@ -251,3 +262,104 @@ def make_points(count: int, gpus: int = 10) -> list[dict[str, Any]]:
         }
         for index in range(count)
     ]
+
+
+FLOWER_USER = ("operator", "s3cret")
+
+
+class FlowerProcess:
+    """A real ``celery -A telemetry flower`` process, asked through its HTTP API."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "telemetry",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={self.port}",
+            ],
+            cwd=REPO,
+            env={**env, "FLOWER_BASIC_AUTH": ":".join(FLOWER_USER)},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        token = base64.b64encode(":".join(FLOWER_USER).encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}
+
+    def get(self, path: str, **query: str) -> str:
+        """The body of ``GET path?query``, authenticated like an operator."""
+        url = f"http://127.0.0.1:{self.port}{path}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers=self._headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: bytes = response.read()
+        return body.decode()
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"Flower exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            return self.get("/healthcheck") == "OK"
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        """Block until Flower answers HTTP."""
+        wait_for(self._answers, timeout_s, "Flower to answer", self.log)
+
+    def log(self) -> str:
+        """Everything Flower printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def tasks(self, **query: str) -> dict[str, dict[str, Any]]:
+        """``/api/tasks`` with these filters (``workername``, ``state``, ``search``…)."""
+        found: dict[str, dict[str, Any]] = json.loads(self.get("/api/tasks", **query))
+        return found
+
+    def event_counts(self, node: str) -> dict[str, float]:
+        """Flower's ``flower_events_total`` for one worker from ``/metrics``, by event type."""
+        pattern = re.compile(
+            r'^flower_events_total\{task="telemetry\.ingest",type="([^"]+)",'
+            rf'worker="{re.escape(node)}"\}} (\S+)$'
+        )
+        counts = {}
+        for line in self.get("/metrics").splitlines():
+            matched = pattern.match(line)
+            if matched:
+                counts[matched[1]] = float(matched[2])
+        return counts
+
+    def sees_online(self, node: str) -> bool:
+        """Whether Flower has had an online event or heartbeat from ``node``."""
+        return f'flower_worker_online{{worker="{node}"}} 1.0' in self.get("/metrics")
+
+    def stop(self) -> None:
+        """Stop Flower."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def flower(broker_url: str, tmp_path: Path) -> Iterator[FlowerProcess]:
+    """Flower on the real RabbitMQ with basic auth (as in docker-compose), answering."""
+    env = dict(os.environ, CELERY_BROKER_URL=broker_url, PYTHONPATH=str(REPO))
+    process = FlowerProcess(env, tmp_path / "flower.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

@@ -8,6 +8,7 @@ with the number of distinct points published).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -249,7 +250,8 @@ def test_dlq_commands_say_so_when_the_broker_is_unreachable() -> None:
         timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith("telemetry: cannot reach the broker at amqp://guest:**@")
+    (line,) = result.stderr.splitlines()  # a JSON log line: stderr is not a terminal
+    assert json.loads(line)["message"].startswith("cannot reach the broker at amqp://guest:**@")
 
 
 def test_duplicates_are_stored_once_and_counted(
@@ -367,13 +369,17 @@ def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
     queue_name: str,
     record_property: Callable[[str, object], None],
 ) -> None:
-    # given: 20,000 queued points and a database 30 ms away
+    # given: 20,000 queued points and a database that takes 1 s per request,
+    # slow enough that batch commits cannot drain the backlog within 20 s either
     publish_points(publisher, make_points(20_000))
-    proxy = LatencyProxy(mongo_server.port, delay_s=0.03)
+    proxy = LatencyProxy(mongo_server.port, delay_s=1.0)
     try:
         worker = start_worker(
-            mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/?retryWrites=false",
+            # directConnection: SecantusDB names itself in its replica-set
+            # reply, and pymongo would otherwise go there, around the proxy.
+            mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}/?retryWrites=false&directConnection=true",
             queue_buffer_size="500",
+            mongo_timeout_ms="10000",
         )
         baseline_kb = worker.rss_kb()
         # when

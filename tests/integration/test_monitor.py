@@ -49,7 +49,10 @@ def test_stats_lists_each_worker_of_the_queue_with_its_counters_and_the_depths(
     # then
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
-    assert set(stats["workers"]) == {"telemetry@worker-1", "telemetry@worker-2"}
+    assert set(stats["workers"]) == {
+        f"telemetry@worker-1-{queue_name}",
+        f"telemetry@worker-2-{queue_name}",
+    }
     assert sum(w["telemetry_stored"] for w in stats["workers"].values()) == 40
     assert stats["queues"] == {queue_name: 0, f"{queue_name}.dead": 0}
     assert table.returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -77,9 +78,11 @@ def test_stream_command_with_broker_down_fails_at_once_with_one_line(tmp_path: P
         timeout=120,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith(
-        "telemetry: cannot reach the broker at amqp://guest:**@127.0.0.1:1//"
-    )
+    # stderr is not a terminal, so the one line is a JSON log line.
+    (line,) = result.stderr.splitlines()
+    logged = json.loads(line)
+    assert logged["level"] == "ERROR"
+    assert logged["message"].startswith("cannot reach the broker at amqp://guest:**@127.0.0.1:1//")
     assert "Traceback" not in result.stderr
 
 

@@ -37,13 +37,17 @@ def test_points_are_ingested_end_to_end_with_matching_statistics(
     # then
     assert database["gpus"].count_documents({}) == 12
     assert database["gpus"].count_documents({"hostname": "node-1", "model_name": "H100"}) == 12
-    assert {index["name"] for index in database["telemetry"].list_indexes()} >= {
-        "point_key",
-        "gpu_time",
+    assert {index["name"] for index in database["telemetry"].list_indexes()} >= {"gpu_time"}
+    first = database["telemetry"].find_one({}, sort=[("timestamp", 1)])
+    assert first is not None
+    assert first["_id"] == {
+        "gpu_uuid": first["gpu_uuid"],
+        "metric_name": first["metric_name"],
+        "timestamp": first["timestamp"],
     }
     assert worker.stop() == 0
     stats = worker.last_stats()
-    assert stats["instance_id"] == "worker-1"
+    assert stats["instance_id"] == f"worker-1-{queue_name}"
     assert (
         stats["telemetry_stored"],
         stats["messages_processed"],

@@ -1,0 +1,246 @@
+"""``make flower-screenshot``: Flower's task page as an operator sees it, saved as a PNG.
+
+Starts a SecantusDB server, a collector worker and Flower (all on this
+machine, RabbitMQ on 127.0.0.1:5672), ingests points from the bundled DCGM
+sample: valid ones, invalid ones, and valid ones while the database is down
+(so they fail and are dead-lettered), waits until Flower has seen every
+outcome, then has headless Chromium photograph the task page. Chromium comes
+from Debian's ``chromium`` package, which the Makefile target installs.
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from kombu import Connection
+
+from telemetry.celery_app import app
+from telemetry.cli import SAMPLE_CSV
+from telemetry.dcgm import Row, read_dcgm_csv
+from telemetry.embedded import SecantusServer, free_port
+from telemetry.models import format_timestamp
+from telemetry.publisher import ConfirmingPublisher, build_task_message
+from telemetry.queues import dead_exchange_name, dead_queue_name
+
+REPO = Path(__file__).resolve().parents[1]
+BROKER = os.environ.get("SCREENSHOT_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+INSTANCE_ID = "collector-1"
+VALID = 6
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1400,900",
+    "--virtual-time-budget=8000",
+)
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``done`` until it holds; raise naming ``what`` if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], log: IO[bytes]) -> Iterator[None]:
+    """Run ``command`` from the repository for the duration of the block."""
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def flower_get(port: int, path: str, **query: str) -> str:
+    """A page or API answer from the local Flower."""
+    url = f"http://127.0.0.1:{port}{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
+def flower_answers(port: int) -> bool:
+    """Whether Flower is up."""
+    try:
+        return flower_get(port, "/healthcheck") == "OK"
+    except OSError:
+        return False
+
+
+def tasks_in(port: int, node: str, state: str) -> int:
+    """How many tasks of ``node`` Flower shows in ``state``."""
+    found: dict[str, Any] = json.loads(flower_get(port, "/api/tasks", workername=node, state=state))
+    return len(found)
+
+
+def sample_messages(count: int, skip: int = 0) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``count`` points and their metadata from the bundled sample, stamped a moment ago."""
+    rows = [row for row in read_dcgm_csv(SAMPLE_CSV) if isinstance(row, Row)][skip : skip + count]
+    now = datetime.now(UTC)
+    return [
+        (
+            dict(
+                row.point.wire(),
+                timestamp=format_timestamp(now - timedelta(milliseconds=index)),
+            ),
+            row.metadata.known(),
+        )
+        for index, row in enumerate(rows)
+    ]
+
+
+def publish(sender: ConfirmingPublisher, messages: list[tuple[dict[str, Any], Any]]) -> None:
+    """Publish each point as one task, confirmed, a little apart so the page reads in order."""
+    for point, metadata in messages:
+        sender.send(build_task_message(app, point, metadata))
+        sender.flush()
+        time.sleep(0.05)
+
+
+def invalid_messages() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Three points a collector must refuse: no uuid, NaN, a time that is not one."""
+    (point, metadata), (second, _), (third, _) = sample_messages(3, skip=100)
+    return [
+        (dict(point, gpu_uuid=""), metadata),
+        (dict(second, value="NaN"), metadata),
+        (dict(third, timestamp="yesterday"), metadata),
+    ]
+
+
+def screenshot(url: str, output: Path, chromium: str) -> None:
+    """Have headless Chromium save ``url`` as a PNG, with a profile of its own."""
+    with tempfile.TemporaryDirectory(prefix="flower-shot-") as profile:
+        subprocess.run(
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--screenshot={output}",
+                url,
+            ],
+            check=True,
+            timeout=120,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def run(output: Path, workdir: Path, chromium: str, page: str) -> None:
+    """Start everything, ingest the three kinds of points, and photograph ``page``.
+
+    Flower runs from the repository, so it reads ``flowerconfig.py`` as it
+    would in the image.
+    """
+    queue = f"screenshot.{uuid.uuid4().hex[:8]}"
+    node = f"telemetry@{INSTANCE_ID}"
+    port = free_port()
+    server = SecantusServer(":memory:", log_path=workdir / "secantus.log")
+    server.start()
+    env = dict(
+        os.environ,
+        CELERY_BROKER_URL=BROKER,
+        MONGODB_URI=server.uri,
+        MONGODB_DB="screenshot",
+        TELEMETRY_QUEUE=queue,
+        INSTANCE_ID=INSTANCE_ID,
+        MAX_RETRIES="1",
+        RETRY_BACKOFF_S="0.5",
+        MONGO_TIMEOUT_MS="1000",
+        PYTHONPATH=str(REPO),
+        # Flower is bound to 127.0.0.1 here; the API answers only so this script can poll it.
+        FLOWER_UNAUTHENTICATED_API="true",
+    )
+    celery = [sys.executable, "-m", "celery", "-A", "telemetry"]
+    flower_log = (workdir / "flower.log").open("wb")
+    worker_log = (workdir / "worker.log").open("wb")
+    try:
+        with (
+            process([*celery, "flower", "--address=127.0.0.1", f"--port={port}"], env, flower_log),
+            process([*celery, "worker", "-c", "4", "-l", "INFO"], env, worker_log),
+        ):
+            wait_until(lambda: flower_answers(port), 30, "Flower")
+            wait_until(
+                lambda: (
+                    f'flower_worker_online{{worker="{node}"}} 1.0' in flower_get(port, "/metrics")
+                ),
+                60,
+                "the worker to come online in Flower",
+            )
+            sender = ConfirmingPublisher(Connection(BROKER), queue)
+            sender.open()
+            try:
+                publish(sender, sample_messages(VALID))
+                publish(sender, invalid_messages())
+                wait_until(
+                    lambda: tasks_in(port, node, "SUCCESS") == VALID + 3, 60, "the successes"
+                )
+                server.stop()
+                publish(sender, sample_messages(2, skip=200))
+                wait_until(lambda: tasks_in(port, node, "FAILURE") == 2, 90, "2 failures")
+            finally:
+                sender.close()
+            output.parent.mkdir(parents=True, exist_ok=True)
+            screenshot(f"http://127.0.0.1:{port}{page}", output, chromium)
+    finally:
+        server.stop()
+        flower_log.close()
+        worker_log.close()
+        with Connection(BROKER) as connection:
+            channel = connection.channel()
+            for name in (queue, dead_queue_name(queue)):
+                channel.queue_delete(name)
+            for exchange in (queue, dead_exchange_name(queue)):
+                channel.exchange_delete(exchange)
+
+
+def main() -> None:
+    """Parse the arguments and take the screenshot."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "flower-tasks.png")
+    parser.add_argument(
+        "--page",
+        # Only this worker's tasks: others may share the broker.
+        default=f"/tasks?worker=telemetry@{INSTANCE_ID}",
+        help="Flower page to photograph",
+    )
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flower-screenshot-") as workdir:
+        run(args.output.resolve(), Path(workdir), args.chromium, args.page)
+    print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
