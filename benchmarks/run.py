@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--batch-sizes", default="1,100,500", help="comma-separated BATCH_SIZE values"
+        "--batch-sizes", default="1,200,500", help="comma-separated BATCH_SIZE values"
     )
     parser.add_argument(
         "--paced-rate", type=float, default=1000.0, help="points/s of the latency run"

@@ -289,8 +289,9 @@ def batch_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Callab
     previous = getattr(consumer, "telemetry_flush_timer", None)
     if previous is not None:
         previous.cancel()
+    # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
     consumer.telemetry_flush_timer = consumer.timer.call_repeatedly(
-        min(batcher.flush_interval_s / 2, 0.05), batcher.flush_due
+        min(batcher.flush_interval_s / 4, 0.02), batcher.flush_due
     )
 
     def flush_at_shutdown(**_: Any) -> None:
