@@ -296,6 +296,13 @@ def main() -> None:
         "--paced-rate", type=float, default=1000.0, help="points/s of the latency run"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--memory-backlog",
+        type=int,
+        default=0,
+        help="also drain a backlog of this many points once, at the largest batch size "
+        "(worker memory under a backlog; 0 skips it)",
+    )
     args = parser.parse_args()
     rows = sample_rows()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -313,6 +320,15 @@ def main() -> None:
         scenarios[f"e2e_paced_batch_{size}"] = partial(
             end_to_end, paced_points, workdir=workdir, batch_size=size, rate=args.paced_rate
         )
+    if args.memory_backlog:
+        # Once, not per repeat: it is about memory, and it takes a while.
+        scenarios[f"e2e_backlog_{args.memory_backlog}_batch_{max(batch_sizes)}"] = partial(
+            end_to_end,
+            args.memory_backlog,
+            workdir=workdir,
+            batch_size=max(batch_sizes),
+            backlog=True,
+        )
     runs: dict[str, list[Any]] = {"noop": [], "storage": [], "stream": []}
     runs.update({name: [] for name in scenarios})
     with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
@@ -322,6 +338,8 @@ def main() -> None:
             runs["storage"].append(storage_ceiling(args.points, server.uri, rows))
             runs["stream"].append(streamer_alone(args.points))
             for name, scenario in scenarios.items():
+                if name.startswith("e2e_backlog_") and repeat > 0:
+                    continue
                 print(f"repeat {repeat + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
                 runs[name].append(scenario(mongodb_uri=server.uri))
     result = summarise(runs, args.points, args.repeats)
