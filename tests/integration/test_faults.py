@@ -2,7 +2,7 @@
 
 Each scenario checks the accounting identity with exact numbers:
 published = stored + rejected + dead-lettered, with no point stored twice
-(the unique index makes a second copy impossible, so "stored" is compared
+(the point's ``_id`` makes a second copy impossible, so "stored" is compared
 with the number of distinct points published).
 """
 
@@ -105,8 +105,8 @@ def test_worker_killed_mid_stream_and_restarted_stores_every_point_once(
     broker_url: str,
     queue_name: str,
 ) -> None:
-    # given
-    publish_points(publisher, make_points(2000))
+    # given: a backlog large enough that batch commits are still at it when killed
+    publish_points(publisher, make_points(10_000))
     first = start_worker()
     wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
     # when
@@ -114,10 +114,41 @@ def test_worker_killed_mid_stream_and_restarted_stores_every_point_once(
     at_kill = stored(database)
     second = start_worker()
     # then
-    wait_for(lambda: stored(database) == 2000, 120, "all 2000 points", lambda: stored(database))
+    wait_for(lambda: stored(database) == 10_000, 120, "all points", lambda: stored(database))
     second.stop()
-    assert at_kill < 2000
-    assert_accounted(database, broker_url, queue_name, published=2000)
+    assert at_kill < 10_000
+    assert_accounted(database, broker_url, queue_name, published=10_000)
+    assert queue_depth(broker_url, queue_name) == 0
+
+
+def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses_nothing(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given
+    publish_points(publisher, make_points(10_000))
+    first = start_worker()
+    wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
+    # when: a warm shutdown mid-stream
+    exit_code = first.stop(signal.SIGTERM)
+    at_stop = stored(database)
+    final = first.last_stats()
+    # then: a clean exit; every message is either stored or back in the queue,
+    # and the worker's own count of stored points matches the database
+    print(
+        f"\nSIGTERM: exit {exit_code}, {at_stop} stored, {queue_depth(broker_url, queue_name)} back"
+    )
+    assert exit_code == 0
+    assert at_stop < 10_000
+    assert final["telemetry_stored"] == at_stop
+    assert at_stop + queue_depth(broker_url, queue_name) >= 10_000
+    second = start_worker()
+    wait_for(lambda: stored(database) == 10_000, 120, "all points", lambda: stored(database))
+    second.stop()
+    assert_accounted(database, broker_url, queue_name, published=10_000)
     assert queue_depth(broker_url, queue_name) == 0
 
 
