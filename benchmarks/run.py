@@ -63,11 +63,6 @@ def delete_queues(name: str) -> None:
             channel.queue_delete(queue)
 
 
-def queue_depth(name: str) -> int:
-    with Connection(BROKER) as connection:
-        return int(connection.channel().queue_declare(name, passive=True).message_count)
-
-
 def start_worker(
     module: str, queue: str, mongodb_uri: str, log: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

@@ -17,8 +17,9 @@ one unordered bulk write, insert the points in another. Then, per message:
 
 Retry copies (they carry an ETA) and messages of any other shape take the
 per-task path from the start. Messages still buffered when the connection
-drops are not acked and are redelivered by RabbitMQ; at warm shutdown the
-buffer is flushed first.
+drops, or when the worker stops, were never acked: RabbitMQ redelivers them.
+Batched messages skip Celery's revoke and ``expires`` checks, which this
+collector does not use.
 
 Why a strategy and not a group commit in the task body: a task per message
 costs Celery's whole per-task machinery (request, trace, pool hand-off),
@@ -37,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from celery import signals
 from celery.worker.strategy import default as default_strategy
 
 from telemetry import metrics, runtime
@@ -195,6 +195,7 @@ class Batcher:
         self._clock = clock
         self._buffer: list[Pending] = []
         self._lock = threading.Lock()
+        self.timer: Any = None  # the timer entry that calls flush_due
 
     def add(self, pending: Pending) -> None:
         """Buffer one message; hand a full batch to the pool."""
@@ -221,6 +222,14 @@ class Batcher:
         if batch:
             self._submit(batch)
 
+    def discard(self) -> int:
+        """Stop the timer and forget the buffer, unsettled; return how many were in it."""
+        if self.timer is not None:
+            self.timer.cancel()
+        with self._lock:
+            dropped, self._buffer = len(self._buffer), []
+        return dropped
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._buffer)
@@ -239,19 +248,30 @@ def batch_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Callab
 
     events = BatchEvents(consumer.event_dispatcher)
 
-    def settle(batch: list[Pending], results: BatchResult, started: float) -> None:
+    def alone(pending: Pending) -> None:
+        """Celery's per-task path for one message, on the consumer's thread like all its calls."""
+        try:
+            per_task(pending.message, pending.body, pending.ack, pending.reject, pending.callbacks)
+        except Exception:
+            logger.exception("Message %s could not take the task path; requeued", pending.task_id)
+            if not pending.message.acknowledged:
+                pending.reject(logger, consumer.connection_errors, requeue=True)
+
+    def settle(batch: list[Pending], results: Any, started: float) -> None:
+        if not isinstance(results, list) or len(results) != len(batch):
+            # The job died (a lost pool process, say): each message goes on alone.
+            logger.error("Batch of %d ended without results: %r", len(batch), results)
+            results = [None] * len(batch)
         # In flight from buffering until here; a message handed to the per-task
         # path is counted there again, by the worker's task signals.
         metrics.in_flight_dec(len(batch))
-        done: list[tuple[Pending, str]] = []
-        for pending, result in zip(batch, results, strict=True):
-            if result is None:
-                per_task(
-                    pending.message, pending.body, pending.ack, pending.reject, pending.callbacks
-                )
-                continue
+        paired = list(zip(batch, results, strict=True))
+        done = [(pending, result) for pending, result in paired if result is not None]
+        for pending, _ in done:
             pending.ack(logger, consumer.connection_errors)
-            done.append((pending, result))
+        for pending, result in paired:
+            if result is None:
+                consumer.call_soon(alone, pending)
         # Events only for messages settled here: the per-task path sends its own,
         # so a message never shows as received twice.
         runtime_s = time.monotonic() - started
@@ -261,46 +281,37 @@ def batch_strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Callab
         )
 
     def submit(batch: list[Pending]) -> None:
-        try:
-            hand_over(batch)
-        except Exception:
-            # Never lose a batch to a bug here: each message goes on alone.
-            logger.exception("Could not hand a batch of %d to the pool", len(batch))
-            settle(batch, [None] * len(batch), time.monotonic())
-
-    def hand_over(batch: list[Pending]) -> None:
-        # Deliveries of a channel that closed cannot be acked any more; RabbitMQ
-        # redelivers them, so they are dropped here. (Only AMQP channels say.)
-        live = [p for p in batch if getattr(p.message.channel, "is_open", True)]
-        if len(live) < len(batch):
-            metrics.in_flight_dec(len(batch) - len(live))
-            logger.info("Dropped %d buffered messages of a lost connection", len(batch) - len(live))
-        if not live:
+        # A buffer only ever holds deliveries of one channel (see below). Once it
+        # closed they cannot be acked any more, and RabbitMQ redelivers them.
+        if not getattr(batch[0].message.channel, "is_open", True):
+            metrics.in_flight_dec(len(batch))
+            logger.info("Dropped %d buffered messages of a lost connection", len(batch))
             return
-        items = [(pending.task_id, pending.args, pending.kwargs) for pending in live]
+        items = [(pending.task_id, pending.args, pending.kwargs) for pending in batch]
         started = time.monotonic()
-        consumer.pool.apply_async(
-            write_batch, args=(items,), callback=lambda results: settle(live, results, started)
-        )
+        try:
+            consumer.pool.apply_async(
+                write_batch,
+                args=(items,),
+                callback=lambda results: settle(batch, results, started),
+                error_callback=lambda exc: settle(batch, exc, started),
+            )
+        except Exception:
+            # Never strand a batch: each message goes on alone.
+            logger.exception("Could not hand a batch of %d to the pool", len(batch))
+            settle(batch, None, started)
 
-    batcher = Batcher(settings.batch_size, settings.flush_interval_ms / 1000, submit)
-    # Celery makes strategies anew after every reconnect: the previous batcher
-    # only holds deliveries of the lost channel, so its timer goes.
-    previous = getattr(consumer, "telemetry_flush_timer", None)
+    # Celery makes strategies anew after every reconnect. The previous buffer
+    # holds deliveries of the lost channel only: RabbitMQ redelivers them.
+    previous: Batcher | None = getattr(consumer, "telemetry_batcher", None)
     if previous is not None:
-        previous.cancel()
+        metrics.in_flight_dec(previous.discard())
+    batcher = Batcher(settings.batch_size, settings.flush_interval_ms / 1000, submit)
     # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
-    consumer.telemetry_flush_timer = consumer.timer.call_repeatedly(
+    batcher.timer = consumer.timer.call_repeatedly(
         min(batcher.flush_interval_s / 4, 0.02), batcher.flush_due
     )
-
-    def flush_at_shutdown(**_: Any) -> None:
-        # Called from the signal handler: flush on the timer thread, not in the
-        # middle of the consumer thread's own call into the batcher.
-        if len(batcher):
-            consumer.timer.call_after(0, batcher.flush)
-
-    signals.worker_shutting_down.connect(flush_at_shutdown, weak=False)
+    consumer.telemetry_batcher = batcher
     logger.info(
         "Batch commits: up to %d points per write, flushed after %d ms",
         settings.batch_size,

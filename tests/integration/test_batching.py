@@ -118,3 +118,32 @@ def test_batch_commits_store_each_point_once_ack_each_message_and_report_each_ta
     assert results.count("'stored'") == 300
     assert succeeded[ids[150]]["result"].startswith("'rejected: ")
     assert {succeeded[task_id]["result"] for task_id in again} == {"'duplicate'"}
+
+
+def test_batch_commits_work_with_a_process_pool(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given: two pool processes ("-P prefork" would be celeryconfig's threads)
+    worker = start_worker(
+        concurrency=2,
+        celery_worker_pool="processes",
+        batch_size="50",
+        instance_id=queue_name,
+    )
+    # when
+    publish_points(publisher, make_points(400, gpus=8))
+    wait_for(
+        lambda: database["telemetry"].count_documents({}) == 400,
+        60,
+        "400 stored points",
+        lambda: database["telemetry"].count_documents({}),
+    )
+    # then: every message acked, the pool was one of processes
+    assert worker.stop() == 0
+    assert queue_depth(broker_url, queue_name) == 0
+    assert '"pool": "prefork"' in worker.log() or "(prefork)" in worker.log()
+    assert database["gpus"].count_documents({}) == 8
