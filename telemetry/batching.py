@@ -163,19 +163,9 @@ def merge_gpu_updates(points: Sequence[tuple[Point, GpuMetadata]]) -> list[GpuUp
     """One upsert per GPU: the latest metadata and the span of its point times."""
     merged: dict[str, GpuUpdate] = {}
     for point, metadata in points:
+        update = GpuUpdate.of(point, metadata)
         known = merged.get(point.gpu_uuid)
-        fields = metadata.known()
-        if known is None:
-            merged[point.gpu_uuid] = GpuUpdate(
-                point.gpu_uuid, fields, point.timestamp, point.timestamp
-            )
-        else:
-            merged[point.gpu_uuid] = GpuUpdate(
-                point.gpu_uuid,
-                {**known.fields, **fields},
-                min(known.first_seen, point.timestamp),
-                max(known.last_seen, point.timestamp),
-            )
+        merged[point.gpu_uuid] = update if known is None else known.merged(update)
     return list(merged.values())
 
 

@@ -50,6 +50,28 @@ class GpuUpdate:
     first_seen: datetime
     last_seen: datetime
 
+    @classmethod
+    def of(cls, point: Point, metadata: GpuMetadata) -> GpuUpdate:
+        """What one point says of its GPU."""
+        return cls(point.gpu_uuid, metadata.known(), point.timestamp, point.timestamp)
+
+    def merged(self, later: GpuUpdate) -> GpuUpdate:
+        """Both updates in one: the later metadata wins, the time span covers both."""
+        return GpuUpdate(
+            self.gpu_uuid,
+            {**self.fields, **later.fields},
+            min(self.first_seen, later.first_seen),
+            max(self.last_seen, later.last_seen),
+        )
+
+    def spec(self, now: datetime) -> dict[str, Any]:
+        """The upsert document: given fields set, ``first_seen``/``last_seen`` only widened."""
+        return {
+            "$set": {**self.fields, "updated_at": now},
+            "$min": {"first_seen": self.first_seen},
+            "$max": {"last_seen": self.last_seen},
+        }
+
 
 def is_transient(exc: PyMongoError) -> bool:
     """Whether retrying the same write later can succeed."""
@@ -119,18 +141,9 @@ class MongoTelemetryStore:
 
     def upsert_gpu(self, point: Point, metadata: GpuMetadata, now: datetime) -> None:
         """Record the GPU with what this message knows of it; idempotent."""
-        fields = metadata.known()
-        fields["updated_at"] = now
+        update = GpuUpdate.of(point, metadata)
         with translated_errors("upserting GPU"):
-            self._db["gpus"].update_one(
-                {"_id": point.gpu_uuid},
-                {
-                    "$set": fields,
-                    "$min": {"first_seen": point.timestamp},
-                    "$max": {"last_seen": point.timestamp},
-                },
-                upsert=True,
-            )
+            self._db["gpus"].update_one({"_id": update.gpu_uuid}, update.spec(now), upsert=True)
 
     def insert_point(self, point: Point, metadata: GpuMetadata, now: datetime) -> bool:
         """Store one point; return False when it was stored before (a duplicate)."""
@@ -168,16 +181,7 @@ class MongoTelemetryStore:
         if not updates:
             return
         operations = [
-            UpdateOne(
-                {"_id": update.gpu_uuid},
-                {
-                    "$set": {**update.fields, "updated_at": now},
-                    "$min": {"first_seen": update.first_seen},
-                    "$max": {"last_seen": update.last_seen},
-                },
-                upsert=True,
-            )
-            for update in updates
+            UpdateOne({"_id": update.gpu_uuid}, update.spec(now), upsert=True) for update in updates
         ]
         with translated_errors("upserting GPUs"):
             self._db["gpus"].bulk_write(operations, ordered=False)

@@ -27,13 +27,7 @@ def one_by_one_gpu_upserts(
     def upsert_gpus(updates: list[GpuUpdate], now: datetime) -> None:
         for update in updates:
             mock_store.database["gpus"].update_one(
-                {"_id": update.gpu_uuid},
-                {
-                    "$set": {**update.fields, "updated_at": now},
-                    "$min": {"first_seen": update.first_seen},
-                    "$max": {"last_seen": update.last_seen},
-                },
-                upsert=True,
+                {"_id": update.gpu_uuid}, update.spec(now), upsert=True
             )
 
     monkeypatch.setattr(mock_store, "upsert_gpus", upsert_gpus)
