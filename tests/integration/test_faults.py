@@ -98,6 +98,37 @@ def disk_database(disk_server: SecantusServer, database_name: str) -> Iterator[D
     client.close()
 
 
+MID_STREAM_POINTS = 10_000
+
+
+def worker_mid_stream(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+) -> WorkerProcess:
+    """A worker that has stored at least 300 of a 10,000-point backlog."""
+    publish_points(publisher, make_points(MID_STREAM_POINTS))
+    worker = start_worker()
+    wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
+    return worker
+
+
+def drain_with_a_new_worker(
+    start_worker: Callable[..., WorkerProcess],
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    """A second worker stores the rest: every point once, nothing left or dead."""
+    second = start_worker()
+    wait_for(
+        lambda: stored(database) == MID_STREAM_POINTS, 120, "all points", lambda: stored(database)
+    )
+    second.stop()
+    assert_accounted(database, broker_url, queue_name, published=MID_STREAM_POINTS)
+    assert queue_depth(broker_url, queue_name) == 0
+
+
 def test_worker_killed_mid_stream_and_restarted_stores_every_point_once(
     start_worker: Callable[..., WorkerProcess],
     publisher: ConfirmingPublisher,
@@ -106,19 +137,13 @@ def test_worker_killed_mid_stream_and_restarted_stores_every_point_once(
     queue_name: str,
 ) -> None:
     # given: a backlog large enough that batch commits are still at it when killed
-    publish_points(publisher, make_points(10_000))
-    first = start_worker()
-    wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
+    first = worker_mid_stream(start_worker, publisher, database)
     # when
     first.stop(signal.SIGKILL)
     at_kill = stored(database)
-    second = start_worker()
     # then
-    wait_for(lambda: stored(database) == 10_000, 120, "all points", lambda: stored(database))
-    second.stop()
-    assert at_kill < 10_000
-    assert_accounted(database, broker_url, queue_name, published=10_000)
-    assert queue_depth(broker_url, queue_name) == 0
+    assert at_kill < MID_STREAM_POINTS
+    drain_with_a_new_worker(start_worker, database, broker_url, queue_name)
 
 
 def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses_nothing(
@@ -129,9 +154,7 @@ def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses
     queue_name: str,
 ) -> None:
     # given
-    publish_points(publisher, make_points(10_000))
-    first = start_worker()
-    wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
+    first = worker_mid_stream(start_worker, publisher, database)
     # when: a warm shutdown mid-stream
     exit_code = first.stop(signal.SIGTERM)
     at_stop = stored(database)
@@ -142,14 +165,10 @@ def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses
         f"\nSIGTERM: exit {exit_code}, {at_stop} stored, {queue_depth(broker_url, queue_name)} back"
     )
     assert exit_code == 0
-    assert at_stop < 10_000
+    assert at_stop < MID_STREAM_POINTS
     assert final["telemetry_stored"] == at_stop
-    assert at_stop + queue_depth(broker_url, queue_name) >= 10_000
-    second = start_worker()
-    wait_for(lambda: stored(database) == 10_000, 120, "all points", lambda: stored(database))
-    second.stop()
-    assert_accounted(database, broker_url, queue_name, published=10_000)
-    assert queue_depth(broker_url, queue_name) == 0
+    assert at_stop + queue_depth(broker_url, queue_name) >= MID_STREAM_POINTS
+    drain_with_a_new_worker(start_worker, database, broker_url, queue_name)
 
 
 def test_database_restarted_within_the_retry_budget_loses_nothing(
