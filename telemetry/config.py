@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri
 
@@ -44,6 +44,10 @@ ENV_NAMES: dict[str, str] = {
     "gpu_last_seen_lag_s": "GPU_LAST_SEEN_LAG_S",
     "log_format": "LOG_FORMAT",
     "metrics_port": "METRICS_PORT",
+    "api_host": "API_HOST",
+    "api_port": "API_PORT",
+    "api_token": "API_TOKEN",
+    "api_stale_after_s": "API_STALE_AFTER_S",
 }
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -77,6 +81,12 @@ class Settings(BaseModel):
     log_format: LogFormat = "auto"
     # /metrics, /healthz and /readyz; 0 turns them off.
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65_535)
+    # The read API (`telemetry api`): where it listens, and the bearer token its /api routes need.
+    api_host: str = Field(default="127.0.0.1", min_length=1)
+    api_port: int = Field(default=8000, ge=1, le=65_535)
+    api_token: SecretStr | None = None
+    # The dashboard marks a GPU stale when its last point is older than this.
+    api_stale_after_s: float = Field(default=300.0, gt=0)
 
     @field_validator("broker_url")
     @classmethod
