@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test faults bench flower-screenshot lint format clean
+.PHONY: install demo test faults bench flower-screenshot config-docs lint format clean
 
 # apt-get needs root; sudo only when this is not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -22,10 +22,10 @@ demo: $(STAMP)
 	$(VENV)/bin/telemetry demo
 
 ## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB);
-## then the worker and fault tests again with BATCH_SIZE=1, the per-message path.
+## then the worker and fault tests again with BATCH_SIZE=1, a batch of one per commit.
 test: $(STAMP)
 	$(PY) -m pytest
-	TEST_BATCH_SIZE=1 $(PY) -m pytest tests/integration/test_worker.py tests/integration/test_faults.py
+	TEST_BATCH_SIZE=1 $(PY) -m pytest tests/integration/test_worker.py tests/integration/test_faults_*.py
 
 ## Only the fault-injection suite (part of `make test` too); see docs/reliability.md.
 faults: $(STAMP)
@@ -39,6 +39,10 @@ bench: $(STAMP)
 flower-screenshot: $(STAMP)
 	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 	$(PY) -m tools.flower_screenshot --output docs/flower-tasks.png
+
+## docs/configuration.md from the settings declaration in telemetry/config.py.
+config-docs: $(STAMP)
+	$(PY) -m tools.config_docs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

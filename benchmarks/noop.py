@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from telemetry.celery_app import app
-from telemetry.stats import STATS
+from telemetry.observe.stats import STATS
+from telemetry.worker.app import app
 
 NOOP_TASK = "bench.noop"
 

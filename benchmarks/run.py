@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -37,15 +36,17 @@ from kombu import Connection
 from pymongo import MongoClient
 
 from benchmarks.noop import NOOP_TASK
-from telemetry.celery_app import app
+from telemetry.broker.messages import TaskMessage
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import dead_queue_name
 from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
-from telemetry.embedded import SecantusServer
-from telemetry.publisher import ConfirmingPublisher, TaskMessage
-from telemetry.queues import dead_queue_name
-from telemetry.storage import MongoTelemetryStore, point_document
-from telemetry.streamer import StreamOptions, StreamReport, run_stream
+from telemetry.demo.embedded import SecantusServer
+from telemetry.store.mongo import MongoTelemetryStore, point_document
+from telemetry.streamer.run import StreamOptions, StreamReport, run_stream
+from telemetry.worker.app import app
+from tools.launchers import WorkerProcess, clean_env
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -65,50 +66,25 @@ def delete_queues(name: str) -> None:
 
 def start_worker(
     module: str, queue: str, mongodb_uri: str, log: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    env = dict(
-        os.environ,
+) -> WorkerProcess:
+    """A worker of ``module``'s app on ``queue``, started as the tests start theirs."""
+    env = clean_env(
         CELERY_BROKER_URL=BROKER,
         MONGODB_URI=mongodb_uri,
         MONGODB_DB="bench",
         TELEMETRY_QUEUE=queue,
-        PYTHONPATH=str(REPO),
         STATS_INTERVAL_S="3600",
         # A node name of its own (telemetry@<queue>), so no control queue clashes.
         INSTANCE_ID=queue,
         **(extra_env or {}),
     )
-    handle = log.open("wb")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            module,
-            "worker",
-            f"-c{CONCURRENCY}",
-            "-l",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while " ready." not in log.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
+    worker = WorkerProcess(env, log, concurrency=CONCURRENCY, app=module)
+    worker.wait_ready()
     return worker
 
 
-def stop(worker: subprocess.Popen[bytes]) -> None:
-    worker.terminate()
-    worker.wait(timeout=60)
+def stop(worker: WorkerProcess) -> None:
+    worker.stop()
 
 
 def rss_kb(pid: int) -> int:
@@ -197,7 +173,7 @@ def end_to_end(
     report = stream_points(queue, points, rate) if backlog else None
     worker = start_worker("telemetry", queue, mongodb_uri, workdir / "e2e.log", env)
     ops_before = write_ops(client)
-    peak = rss_kb(worker.pid)
+    peak = rss_kb(worker.process.pid)
     already = settled(queue)
     started = time.monotonic()
     try:
@@ -206,7 +182,7 @@ def end_to_end(
 
         def sample() -> None:
             nonlocal peak
-            peak = max(peak, rss_kb(worker.pid))
+            peak = max(peak, rss_kb(worker.process.pid))
 
         # Progress comes from the worker's counters: counting documents costs
         # SecantusDB O(n) (144 ms at 20,000), which would load the very server
@@ -267,7 +243,7 @@ def stream_points(queue: str, points: int, rate: float | None = None) -> StreamR
     options = StreamOptions(
         paths=[SAMPLE_CSV], loop=True, limit=points, rate=rate, max_backlog=max(points, 100_000)
     )
-    return run_stream(settings, options, show_progress=False, app=app)
+    return run_stream(settings, options, show_progress=False)
 
 
 def streamer_alone(points: int) -> float:

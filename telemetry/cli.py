@@ -1,4 +1,10 @@
-"""The ``telemetry`` command: ``stream`` and ``demo``. Argument handling only."""
+"""The ``telemetry`` command: parses, calls, prints. No logic of its own.
+
+Every failure the package can describe (a :class:`TelemetryError`) ends as
+one line on stderr and an exit code: 2 for bad input or a bad setting, 1
+for a broker or database that cannot be used. Never a traceback, never a
+password.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,10 @@ from typing import Any, Literal, NoReturn, cast
 
 import click
 
-from telemetry.config import Settings, load_settings
-from telemetry.dcgm import CsvFormatError
-from telemetry.dlq import DeadLetterQueue, render
-from telemetry.errors import ConfigError, TelemetryError
-from telemetry.logs import LogFormat, configure_logging, current_format
+from telemetry.config import LogFormat, Settings, flag_help, flag_name, load_settings
+from telemetry.errors import ConfigError, PermanentError, TelemetryError
+from telemetry.observe.logs import configure_logging, current_format
+from telemetry.ops.dlq import DeadLetterQueue, render
 
 SAMPLE_CSV = Path(__file__).parent / "data" / "dcgm_metrics_20250718_134233.csv"
 
@@ -87,14 +92,27 @@ def main(verbose: bool) -> None:
     setup_logging(socket.gethostname(), "auto", verbose)
 
 
+# The stream command's flags for settings: settings field -> click parameter name.
+# A test checks they are exactly the settings declared for "stream", under their flag names.
+STREAM_FLAGS = {
+    "loop_mode": "loop",
+    "stream_interval_s": "interval",
+    "stream_max_backlog": "max_backlog",
+    "instance_id": "instance_id",
+}
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--loop/--no-loop", default=None, help="Stream the files forever. [LOOP_MODE]")
 @click.option(
-    "--interval",
+    f"{flag_name('loop_mode')}/--no-loop", "loop", default=None, help=flag_help("loop_mode")
+)
+@click.option(
+    flag_name("stream_interval_s"),
+    "interval",
     type=click.FloatRange(min=0),
     default=None,
-    help="Seconds to pause between rows. [STREAM_INTERVAL]",
+    help=flag_help("stream_interval_s"),
 )
 @click.option(
     "--rate",
@@ -110,7 +128,7 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Stamp points with the time they are sent, or keep the file's times.",
 )
-@click.option("--instance-id", default=None, help="Name in logs and statistics. [INSTANCE_ID]")
+@click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))
 @click.option(
     "--compression",
     type=click.Choice(["gzip", "zlib", "bzip2"]),
@@ -118,11 +136,11 @@ def main(verbose: bool) -> None:
     help="Compress message bodies (workers decode them on their own).",
 )
 @click.option(
-    "--max-backlog",
+    flag_name("stream_max_backlog"),
+    "max_backlog",
     type=click.IntRange(min=1),
     default=None,
-    help="Pause while the queue holds more than this. "
-    "[STREAM_MAX_BACKLOG; default 100 x QUEUE_BUFFER_SIZE]",
+    help=flag_help("stream_max_backlog"),
 )
 @click.option(
     "--progress/--no-progress",
@@ -142,31 +160,26 @@ def stream(
     progress: bool | None,
 ) -> None:
     """Send each row of DCGM CSV files as one telemetry.ingest task (PATHS or $CSV_PATH)."""
-    from telemetry.streamer import options_from, run_stream
+    from telemetry.streamer.run import options_from, run_stream
 
-    settings = settings_or_exit({"instance_id": instance_id})
+    flags: dict[str, object] = {
+        "loop": loop,
+        "interval": interval,
+        "max_backlog": max_backlog,
+        "instance_id": instance_id,
+    }
+    settings = settings_or_exit({field: flags[flag] for field, flag in STREAM_FLAGS.items()})
     try:
         options = options_from(
-            settings,
-            paths,
-            loop,
-            interval,
-            rate,
-            limit,
-            cast(Literal["now", "csv"], timestamps),
-            max_backlog,
+            settings, paths, rate, limit, cast(Literal["now", "csv"], timestamps)
         )
     except ConfigError as exc:
         fail(str(exc), 2)
     try:
         report = run_stream(settings, options, compression, progress, stop_on_signals())
-    except (
-        CsvFormatError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-        UnicodeDecodeError,
-    ) as exc:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        fail(str(exc), 2)
+    except PermanentError as exc:
         fail(str(exc), 2)
     except (TelemetryError, OSError) as exc:
         fail(str(exc), 1)
@@ -195,19 +208,49 @@ def stream(
     default=None,
     help="Show progress bars (default: only on a terminal).",
 )
-def demo(csv_path: Path, data_dir: Path, limit: int | None, progress: bool | None) -> None:
+@click.option(
+    "--timestamps",
+    type=click.Choice(["csv", "now"]),
+    default="csv",
+    show_default=True,
+    help="Keep the file's own times, or stamp points with the time they are sent.",
+)
+@click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Give up, saying why, when no point is stored for this many seconds.",
+)
+def demo(
+    csv_path: Path,
+    data_dir: Path,
+    limit: int | None,
+    progress: bool | None,
+    timestamps: str,
+    stall_timeout: float,
+) -> None:
     """Run the whole pipeline on one machine, with no servers needed.
 
     Starts an embedded MongoDB-compatible server and an in-process broker and
     worker (or uses CELERY_BROKER_URL / MONGODB_URI when set), streams the
     CSV, and shows what was stored. Exits 0 only if every valid row was stored.
     """
-    from telemetry.demo import run_demo
+    from telemetry.demo.run import run_demo
 
     settings = settings_or_exit()
     try:
-        ok = run_demo(settings, csv_path, data_dir, limit, progress, stop_on_signals())
-    except (CsvFormatError, UnicodeDecodeError) as exc:
+        ok = run_demo(
+            settings,
+            csv_path,
+            data_dir,
+            limit,
+            progress,
+            stop_on_signals(),
+            cast(Literal["now", "csv"], timestamps),
+            stall_timeout,
+        )
+    except (PermanentError, UnicodeDecodeError) as exc:
         fail(str(exc), 2)
     except (TelemetryError, OSError) as exc:
         fail(str(exc), 1)
@@ -228,13 +271,11 @@ def stats(as_json: bool, timeout: float) -> None:
 
     Exits 1 when no worker answers.
     """
-    from telemetry.celery_app import app
-    from telemetry.monitor import cluster_stats, render_table
+    from telemetry.ops.stats_view import cluster_stats, render_table
 
     settings = settings_or_exit()
-    app.conf.broker_url = settings.broker_url
     try:
-        result = cluster_stats(app, settings, timeout)
+        result = cluster_stats(settings, timeout)
     except TelemetryError as exc:
         fail(str(exc))
     click.echo(json.dumps(result, indent=2) if as_json else render_table(result))

@@ -1,99 +1,271 @@
-"""Collector settings: one object, read from flags, then the environment, then defaults.
+"""The settings module: every environment variable the package reads is declared here, once.
 
-Nothing here runs at import time; callers build a :class:`Settings` with
-:func:`load_settings` when they start.
+Each field of :class:`Settings` names its environment variable, its help text
+and the commands that take it as a flag. Everything else is derived from
+that one declaration: :data:`ENV_NAMES`, the worker's and the commands'
+flags (:func:`flag_fields`), the test suite's list of variables to clear,
+and ``docs/configuration.md`` (``make config-docs``; a test fails when it is
+stale). Precedence is flag > environment > default, in :func:`load_settings`.
+
+No other module under ``telemetry/`` reads ``os.environ``; the one place the
+package writes to it (prometheus_client's multiprocess directory) goes
+through :func:`set_process_environment` here, too.
+
+Nothing here runs at import time, and this module imports neither Celery
+nor kombu: the domain modules stay importable without them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri
 
 from telemetry.errors import ConfigError
-from telemetry.logs import LogFormat
+
+LogFormat = Literal["auto", "json", "text"]
+Command = Literal["worker", "stream", "demo", "api"]
 
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
-
-# Environment variable for each setting. The first five are the names the
-# original collector used; the rest follow the same plain style.
-ENV_NAMES: dict[str, str] = {
-    "instance_id": "INSTANCE_ID",
-    "batch_size": "BATCH_SIZE",
-    "flush_interval_ms": "FLUSH_INTERVAL_MS",
-    "max_concurrent_handlers": "MAX_CONCURRENT_HANDLERS",
-    "queue_buffer_size": "QUEUE_BUFFER_SIZE",
-    "queue_workers": "QUEUE_WORKERS",
-    "broker_url": "CELERY_BROKER_URL",
-    "mongodb_uri": "MONGODB_URI",
-    "mongodb_db": "MONGODB_DB",
-    "queue_name": "TELEMETRY_QUEUE",
-    "max_retries": "MAX_RETRIES",
-    "retry_backoff_s": "RETRY_BACKOFF_S",
-    "retry_backoff_max_s": "RETRY_BACKOFF_MAX_S",
-    "stats_interval_s": "STATS_INTERVAL_S",
-    "mongo_timeout_ms": "MONGO_TIMEOUT_MS",
-    "rejected_max_docs": "REJECTED_MAX_DOCS",
-    "retention_days": "RETENTION_DAYS",
-    "gpu_last_seen_lag_s": "GPU_LAST_SEEN_LAG_S",
-    "log_format": "LOG_FORMAT",
-    "metrics_port": "METRICS_PORT",
-    "api_host": "API_HOST",
-    "api_port": "API_PORT",
-    "api_token": "API_TOKEN",
-    "api_stale_after_s": "API_STALE_AFTER_S",
-}
-
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_MONGODB_URI = "mongodb://localhost:27017"
-DEFAULT_METRICS_PORT = 9842
+DEFAULT_QUEUE_NAME = "telemetry"
+
+
+def setting(
+    default: Any = ...,
+    *,
+    env: str,
+    help: str,
+    flags: tuple[Command, ...] = (),
+    flag: str | None = None,
+    **constraints: Any,
+) -> Any:
+    """A settings field with its environment variable, help text and the commands taking it.
+
+    ``flag`` names the flag where it is not the field's name (``--loop`` for ``loop_mode``).
+    """
+    extra: dict[str, JsonValue] = {"env": env, "flags": list(flags)}
+    if flag is not None:
+        extra["flag"] = flag
+    if default is ... and "default_factory" in constraints:
+        return Field(description=help, json_schema_extra=extra, **constraints)
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
 class Settings(BaseModel):
-    """Everything the collector and the streamer can be told, with units in the names."""
+    """Everything the collector, the streamer, the demo and the API can be told.
+
+    Units are in the names. The first five environment variables are the
+    names the original collector used; the rest follow the same plain style.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
-    batch_size: int = Field(default=200, ge=1)
-    flush_interval_ms: int = Field(default=200, ge=1)
-    max_concurrent_handlers: int = Field(default=10, ge=1)
-    queue_buffer_size: int = Field(default=1000, ge=1)
-    queue_workers: int = Field(default=10, ge=1)
-    broker_url: str = DEFAULT_BROKER_URL
-    mongodb_uri: str = DEFAULT_MONGODB_URI
-    mongodb_db: str = Field(default="telemetry", min_length=1, pattern=r"^[^/\\. \"$]+$")
-    queue_name: str = Field(default="telemetry", min_length=1)
-    max_retries: int = Field(default=5, ge=0)
-    retry_backoff_s: float = Field(default=1.0, gt=0)
-    retry_backoff_max_s: float = Field(default=60.0, gt=0)
-    stats_interval_s: float = Field(default=10.0, gt=0)
-    mongo_timeout_ms: int = Field(default=5000, ge=100)
-    rejected_max_docs: int = Field(default=10_000, ge=1)
-    retention_days: int = Field(default=0, ge=0)
-    gpu_last_seen_lag_s: float = Field(default=60.0, ge=0)
-    log_format: LogFormat = "auto"
-    # /metrics, /healthz and /readyz; 0 turns them off.
-    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65_535)
-    # The read API (`telemetry api`): where it listens, and the bearer token its /api routes need.
-    api_host: str = Field(default="127.0.0.1", min_length=1)
-    api_port: int = Field(default=8000, ge=1, le=65_535)
-    api_token: SecretStr | None = None
-    # The dashboard marks a GPU stale when its last point is older than this.
-    api_stale_after_s: float = Field(default=300.0, gt=0)
+    # -- the original collector's variables ----------------------------------------
+    instance_id: str = setting(
+        env="INSTANCE_ID",
+        help="Collector instance name, in logs and statistics; the worker's node name is "
+        "telemetry@<id>. Default: the host name.",
+        flags=("worker", "stream"),
+        default_factory=socket.gethostname,
+        min_length=1,
+    )
+    batch_size: int = setting(
+        200,
+        env="BATCH_SIZE",
+        help="Points per database commit; 1 writes each point on its own.",
+        flags=("worker",),
+        ge=1,
+    )
+    max_concurrent_handlers: int = setting(
+        10,
+        env="MAX_CONCURRENT_HANDLERS",
+        help="Most MongoDB operations in flight per worker (the client's pool size).",
+        flags=("worker",),
+        ge=1,
+    )
+    queue_buffer_size: int = setting(
+        1000,
+        env="QUEUE_BUFFER_SIZE",
+        help="Most messages a worker holds unacked (prefetch); at least 2 x BATCH_SIZE.",
+        flags=("worker",),
+        ge=1,
+    )
+    queue_workers: int = setting(
+        10,
+        env="QUEUE_WORKERS",
+        help="Worker threads, unless -c is given.",
+        flags=("worker",),
+        ge=1,
+    )
+    # -- servers -------------------------------------------------------------------
+    broker_url: str = setting(
+        DEFAULT_BROKER_URL,
+        env="CELERY_BROKER_URL",
+        help="RabbitMQ URL; several separated by ';' are tried in turn (failover).",
+    )
+    mongodb_uri: str = setting(
+        DEFAULT_MONGODB_URI,
+        env="MONGODB_URI",
+        help="MongoDB connection URI.",
+        flags=("worker",),
+    )
+    mongodb_db: str = setting(
+        "telemetry",
+        env="MONGODB_DB",
+        help="MongoDB database name.",
+        flags=("worker",),
+        min_length=1,
+        pattern=r"^[^/\\. \"$]+$",
+    )
+    queue_name: str = setting(
+        DEFAULT_QUEUE_NAME,
+        env="TELEMETRY_QUEUE",
+        help="Queue to publish to and consume; dead letters go to <name>.dead.",
+        flags=("worker",),
+        min_length=1,
+    )
+    # -- the worker ----------------------------------------------------------------
+    flush_interval_ms: int = setting(
+        200,
+        env="FLUSH_INTERVAL_MS",
+        help="Most milliseconds a point waits for its batch to fill.",
+        flags=("worker",),
+        ge=1,
+    )
+    max_retries: int = setting(
+        5,
+        env="MAX_RETRIES",
+        help="Storage retries before a message is dead-lettered.",
+        flags=("worker",),
+        ge=0,
+    )
+    retry_backoff_s: float = setting(
+        1.0, env="RETRY_BACKOFF_S", help="First retry's backoff ceiling, doubled each time.", gt=0
+    )
+    retry_backoff_max_s: float = setting(
+        60.0, env="RETRY_BACKOFF_MAX_S", help="Largest backoff between two retries.", gt=0
+    )
+    stats_interval_s: float = setting(
+        10.0,
+        env="STATS_INTERVAL_S",
+        help="Seconds between statistics log lines.",
+        flags=("worker",),
+        gt=0,
+    )
+    mongo_timeout_ms: int = setting(
+        5000,
+        env="MONGO_TIMEOUT_MS",
+        help="MongoDB server-selection and connect time-out, unless the URI sets them.",
+        ge=100,
+    )
+    rejected_max_docs: int = setting(
+        10_000,
+        env="REJECTED_MAX_DOCS",
+        help="Size of the capped 'rejected' collection, in documents.",
+        ge=1,
+    )
+    retention_days: int = setting(
+        0, env="RETENTION_DAYS", help="Delete points older than this; 0 keeps them.", ge=0
+    )
+    gpu_last_seen_lag_s: float = setting(
+        60.0,
+        env="GPU_LAST_SEEN_LAG_S",
+        help="How far gpus.last_seen may trail the newest point, to skip needless upserts.",
+        ge=0,
+    )
+    metrics_port: int = setting(
+        9842,
+        env="METRICS_PORT",
+        help="Port of the worker's /metrics, /healthz and /readyz; 0 turns them off.",
+        flags=("worker",),
+        ge=0,
+        le=65_535,
+    )
+    log_format: LogFormat = setting(
+        "auto", env="LOG_FORMAT", help="auto (text on a terminal, else JSON), json or text."
+    )
+    # -- the streamer --------------------------------------------------------------
+    csv_path: Path | None = setting(
+        None, env="CSV_PATH", help="The file `telemetry stream` reads when no PATHS are given."
+    )
+    loop_mode: bool = setting(
+        False,
+        env="LOOP_MODE",
+        help="Stream the files round and round until stopped (true or false).",
+        flags=("stream",),
+        flag="--loop",
+    )
+    stream_interval_s: float = setting(
+        0.0,
+        env="STREAM_INTERVAL",
+        help="Seconds the streamer pauses between rows.",
+        flags=("stream",),
+        flag="--interval",
+        ge=0,
+    )
+    stream_max_backlog: int | None = setting(
+        None,
+        env="STREAM_MAX_BACKLOG",
+        help="The streamer pauses while the queue holds more than this. "
+        "Default: 100 x QUEUE_BUFFER_SIZE.",
+        flags=("stream",),
+        flag="--max-backlog",
+        ge=1,
+    )
+    # -- the read API --------------------------------------------------------------
+    api_host: str = setting(
+        "127.0.0.1",
+        env="API_HOST",
+        help="Address `telemetry api` listens on.",
+        flags=("api",),
+        min_length=1,
+    )
+    api_port: int = setting(
+        8000,
+        env="API_PORT",
+        help="Port `telemetry api` listens on.",
+        flags=("api",),
+        ge=1,
+        le=65_535,
+    )
+    api_token: SecretStr | None = setting(
+        None, env="API_TOKEN", help="When set, every /api route needs 'Authorization: Bearer <it>'."
+    )
+    api_stale_after_s: float = setting(
+        300.0,
+        env="API_STALE_AFTER_S",
+        help="The dashboard marks a GPU stale when its last point is older than this.",
+        gt=0,
+    )
+
+    # Which fields were given by a flag or the environment (not defaults).
+    _given: frozenset[str] = PrivateAttr(default=frozenset())
 
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in BROKER_SCHEMES:
-            raise ValueError(f"scheme must be one of {sorted(BROKER_SCHEMES)}, got {scheme!r}")
+        for url in broker_urls(value):
+            scheme = url.split("://", 1)[0] if "://" in url else ""
+            if scheme not in BROKER_SCHEMES:
+                raise ValueError(f"scheme must be one of {sorted(BROKER_SCHEMES)}, got {scheme!r}")
         return value
 
     @field_validator("mongodb_uri")
@@ -110,6 +282,56 @@ class Settings(BaseModel):
             raise ValueError(str(exc)) from exc
         return value
 
+    def given(self, field: str) -> bool:
+        """Whether ``field`` came from a flag or the environment rather than its default."""
+        return field in self._given
+
+    @property
+    def max_backlog(self) -> int:
+        """The streamer's backlog limit, derived from the buffer size unless set."""
+        if self.stream_max_backlog is not None:
+            return self.stream_max_backlog
+        return 100 * self.queue_buffer_size
+
+
+def broker_urls(value: str) -> list[str]:
+    """The URLs of a broker setting: one, or several separated by ``;`` for failover."""
+    return [part.strip() for part in value.split(";") if part.strip()]
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field."""
+    extra = Settings.model_fields[field].json_schema_extra
+    assert isinstance(extra, dict)
+    return str(extra["env"])
+
+
+def flag_fields(command: Command) -> list[str]:
+    """The settings fields ``command`` takes as flags (``--batch-size`` for ``batch_size``)."""
+    found = []
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        flags = extra.get("flags") if isinstance(extra, dict) else None
+        if isinstance(flags, list) and command in flags:
+            found.append(name)
+    return found
+
+
+def flag_name(field: str) -> str:
+    """The flag of a setting: ``--batch-size`` for ``batch_size`` unless declared otherwise."""
+    extra = Settings.model_fields[field].json_schema_extra
+    declared = extra.get("flag") if isinstance(extra, dict) else None
+    return str(declared) if declared else "--" + field.replace("_", "-")
+
+
+def flag_help(field: str) -> str:
+    """A flag's help text: the field's, with its environment variable in brackets."""
+    return f"{Settings.model_fields[field].description} [{env_name(field)}]"
+
+
+ENV_NAMES: dict[str, str] = {field: env_name(field) for field in Settings.model_fields}
+"""Settings field → environment variable, for every setting."""
+
 
 def load_settings(
     env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -117,26 +339,47 @@ def load_settings(
     """Build settings with flag > environment > default precedence.
 
     ``overrides`` holds values from flags; ``None`` values mean "not given".
-    Raises :class:`ConfigError` with one readable line on the first bad value.
+    A variable set to an empty string counts as not set. Raises
+    :class:`ConfigError` with one readable line on the first bad value; a
+    secret's value is never part of it.
     """
     environ = os.environ if env is None else env
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for field, env_name in ENV_NAMES.items():
-        raw = environ.get(env_name)
+    for field, name in ENV_NAMES.items():
+        raw = environ.get(name)
         if raw is not None and raw.strip() != "":
             values[field] = raw.strip()
-            origin[field] = env_name
+            origin[field] = name
     for field, value in (overrides or {}).items():
         if value is not None:
             values[field] = value
             origin[field] = "--" + field.replace("_", "-")
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
         where = origin.get(field, field)
-        given = values.get(field)
+        given = "<hidden>" if field in SECRET_FIELDS else masked(repr(values.get(field)))
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"invalid {where}={given!r}: {message}") from exc
+        raise ConfigError(f"invalid {where}={given}: {message}") from exc
+    settings._given = frozenset(values)
+    return settings
+
+
+SECRET_FIELDS = frozenset({"api_token"})
+_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/;]*):[^@/;]*@", re.I)
+
+
+def masked(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _PASSWORD.sub(lambda match: f"{match['scheme']}{match['user']}:***@", text)
+
+
+def set_process_environment(name: str, value: str | None) -> None:
+    """Set (or, with None, remove) a variable a library reads from this process's environment."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from telemetry.errors import InvalidMessage, TelemetryError
+from telemetry.errors import CsvFormatError, InvalidMessage
 from telemetry.models import GpuMetadata, Point, parse_message
 
 # DCGM column → field of the message contract.
@@ -35,10 +35,6 @@ METADATA_COLUMNS = {
     "namespace": "namespace",
 }
 REQUIRED_COLUMNS = ("timestamp", "metric_name", "uuid", "value")
-
-
-class CsvFormatError(TelemetryError):
-    """Raised when a file is not DCGM CSV at all: no header, or required columns missing."""
 
 
 @dataclass(frozen=True)

@@ -3,39 +3,74 @@
 ::
 
     TelemetryError
-    ├── ConfigError          bad setting; start-up stops with one line
-    ├── InvalidMessage       permanent: the message itself is wrong, never retried
-    ├── StorageRejected      permanent: MongoDB refused the write, dead-lettered at once
-    ├── StorageUnavailable   transient: MongoDB unreachable or not ready, retried
-    └── BrokerUnavailable    the broker cannot be reached (streamer, CLI)
+    ├── PermanentError            retrying the same thing will fail the same way
+    │   ├── ConfigError           bad setting, flag or environment variable
+    │   ├── InvalidMessage        the message itself is wrong: recorded, never retried
+    │   ├── CsvFormatError        a file is not DCGM CSV at all
+    │   └── StorageRejected       MongoDB refused the write: dead-lettered at once
+    └── TransientError            the same thing may work later
+        ├── StorageUnavailable    MongoDB unreachable or not ready: retried with backoff
+        └── BrokerUnavailable     RabbitMQ unreachable or refusing (auth, vhost, DNS)
 
-Exceptions from pymongo and pydantic are translated into these where they
-enter (``storage`` and ``models``), so the retry decision in ``tasks`` only
-ever looks at this tree.
+Exceptions from pymongo, kombu and pydantic are translated into these where
+they enter (``store``, ``broker``, ``models``), so the retry decision in the
+worker and the one-line errors of the ``telemetry`` command only ever look at
+this tree.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class TelemetryError(Exception):
     """Raised for every error the collector itself knows how to describe."""
 
 
-class ConfigError(TelemetryError):
+class PermanentError(TelemetryError):
+    """Raised when retrying the same operation cannot succeed."""
+
+
+class TransientError(TelemetryError):
+    """Raised when the same operation may succeed later, once a server is back."""
+
+
+class ConfigError(PermanentError):
     """Raised when a setting, flag or environment variable has a bad value."""
 
 
-class InvalidMessage(TelemetryError):
+class RejectionKind(enum.StrEnum):
+    """Why a message was rejected, as a bounded, machine-readable word (a metrics label)."""
+
+    INVALID_POINT = "invalid_point"
+    INVALID_METADATA = "invalid_metadata"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    UNDECODABLE = "undecodable"
+    INVALID_TASK = "invalid_task"
+    BAD_SHAPE = "bad_shape"
+    NOT_A_TASK = "not_a_task"
+
+
+class InvalidMessage(PermanentError):
     """Raised when a message cannot become a telemetry point; retrying will not help."""
 
+    def __init__(self, reason: str, kind: RejectionKind) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
 
-class StorageRejected(TelemetryError):
+
+class CsvFormatError(PermanentError):
+    """Raised when a file is not DCGM CSV at all: no header, or required columns missing."""
+
+
+class StorageRejected(PermanentError):
     """Raised when MongoDB refuses a write for a reason that retrying will not fix."""
 
 
-class StorageUnavailable(TelemetryError):
+class StorageUnavailable(TransientError):
     """Raised when MongoDB cannot be reached or cannot accept writes right now."""
 
 
-class BrokerUnavailable(TelemetryError):
-    """Raised when the message broker cannot be reached or refuses a publish."""
+class BrokerUnavailable(TransientError):
+    """Raised when the message broker cannot be reached, refuses the login or a publish."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from telemetry.errors import InvalidMessage
+from telemetry.errors import InvalidMessage, RejectionKind
 
 MAX_LABELS_RAW_CHARS = 65_536
 MAX_FUTURE = timedelta(days=1)
@@ -161,16 +161,60 @@ def _parse_labels_text(raw: str) -> dict[str, str] | None:
     return labels
 
 
+def split_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+    """Take ``point`` and ``metadata`` from a task's arguments, by keyword or position."""
+    unknown = set(kwargs) - {"point", "metadata"}
+    if unknown:
+        raise InvalidMessage(
+            f"unexpected task arguments: {sorted(unknown)}", RejectionKind.INVALID_ARGUMENTS
+        )
+    if len(args) > 2:
+        raise InvalidMessage(
+            f"expected at most 2 positional arguments, got {len(args)}",
+            RejectionKind.INVALID_ARGUMENTS,
+        )
+    values = dict(zip(("point", "metadata"), args, strict=False))
+    overlap = set(values) & set(kwargs)
+    if overlap:
+        raise InvalidMessage(
+            f"arguments given twice: {sorted(overlap)}", RejectionKind.INVALID_ARGUMENTS
+        )
+    values.update(kwargs)
+    if "point" not in values:
+        raise InvalidMessage("point: is required", RejectionKind.INVALID_ARGUMENTS)
+    return values["point"], values.get("metadata")
+
+
+def parse_task_arguments(
+    args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[Point, GpuMetadata]:
+    """Validate a ``telemetry.ingest`` task's arguments into a point and its GPU's metadata."""
+    return parse_message(*split_arguments(args, kwargs))
+
+
 def parse_message(point: Any, metadata: Any) -> tuple[Point, GpuMetadata]:
     """Validate a task's arguments; raise :class:`InvalidMessage` naming the first problem."""
     if not isinstance(point, Mapping):
-        raise InvalidMessage(f"point: must be a JSON object, got {type(point).__name__}")
+        raise InvalidMessage(
+            f"point: must be a JSON object, got {type(point).__name__}",
+            RejectionKind.INVALID_POINT,
+        )
     if metadata is not None and not isinstance(metadata, Mapping):
-        raise InvalidMessage(f"metadata: must be a JSON object, got {type(metadata).__name__}")
+        raise InvalidMessage(
+            f"metadata: must be a JSON object, got {type(metadata).__name__}",
+            RejectionKind.INVALID_METADATA,
+        )
     try:
-        return Point.model_validate(point), GpuMetadata.model_validate(metadata or {})
+        parsed_point = Point.model_validate(point)
     except ValidationError as exc:
-        raise InvalidMessage(describe_validation_error(exc)) from exc
+        raise InvalidMessage(describe_validation_error(exc), RejectionKind.INVALID_POINT) from exc
+    try:
+        parsed_metadata = GpuMetadata.model_validate(metadata or {})
+    except ValidationError as exc:
+        raise InvalidMessage(
+            describe_validation_error(exc), RejectionKind.INVALID_METADATA
+        ) from exc
+    return parsed_point, parsed_metadata
 
 
 def describe_validation_error(exc: ValidationError) -> str:

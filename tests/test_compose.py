@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from telemetry.celery_app import WORKER_FLAGS
 from telemetry.cli import SAMPLE_CSV, main
-from telemetry.config import DEFAULT_METRICS_PORT, ENV_NAMES, load_settings
+from telemetry.config import ENV_NAMES, Settings, load_settings
+from telemetry.worker.app import WORKER_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER_ENV = {"CSV_PATH", "LOOP_MODE", "STREAM_INTERVAL", "STREAM_MAX_BACKLOG"}
@@ -108,7 +108,7 @@ def test_worker_publishes_its_metrics_port_and_checks_its_liveness_there(
 ) -> None:
     worker = compose["services"]["worker"]
     port = load_settings(env=worker["environment"]).metrics_port
-    assert port == DEFAULT_METRICS_PORT
+    assert port == Settings.model_fields["metrics_port"].default
     assert f"{port}:{port}" in worker["ports"]
     probe = " ".join(worker["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe

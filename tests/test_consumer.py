@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from telemetry import consumer as consumer_module
-from telemetry.consumer import TelemetryConsumer, message_id, raw_body
 from telemetry.errors import StorageUnavailable
-from telemetry.stats import Stats
-from telemetry.storage import MongoTelemetryStore
+from telemetry.observe.stats import Stats
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker import consumer as consumer_module
+from telemetry.worker.consumer import TelemetryConsumer, message_id, raw_body
 
 
 class FakeMessage:
@@ -49,7 +49,8 @@ def test_malformed_json_is_recorded_counted_and_acked(
 ) -> None:
     # given
     message = FakeMessage(b'{"point": ', {"task": "telemetry.ingest", "id": "bad-1"})
-    # when
+    # when: it arrives, and Celery cannot decode it
+    bare_consumer.on_arrival(message)
     bare_consumer.on_decode_error(message, ValueError("Expecting value"))
     # then
     assert message.acked
@@ -58,6 +59,7 @@ def test_malformed_json_is_recorded_counted_and_acked(
     assert record["message_id"] == "bad-1"
     assert record["raw"] == '{"point": '
     assert record["reason"] == "cannot decode body: Expecting value"
+    assert record["kind"] == "undecodable"
     assert stats.snapshot()["messages_errors"] == 1
     assert stats.snapshot()["queue_delivered"] == 1
 

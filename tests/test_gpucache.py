@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from telemetry.gpucache import GpuCache
-from telemetry.ingest import ingest_message
 from telemetry.models import GpuMetadata, Point
-from telemetry.stats import Stats
-from telemetry.storage import MongoTelemetryStore
+from telemetry.observe.stats import Stats
+from telemetry.store.gpucache import GpuCache
+from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
+from telemetry.worker.ingest import Delivery, ingest
 
 T0 = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
 
@@ -18,6 +18,11 @@ def point(seconds: float = 0, metric: str = "DCGM_FI_DEV_GPU_TEMP") -> Point:
     return Point(
         gpu_uuid="GPU-1", metric_name=metric, value=1.0, timestamp=T0 + timedelta(seconds=seconds)
     )
+
+
+def update(seconds: float = 0, metadata: GpuMetadata | None = None) -> GpuUpdate:
+    """What one point at ``seconds`` says of GPU-1."""
+    return GpuUpdate.of(point(seconds), metadata or GpuMetadata())
 
 
 class Clock:
@@ -31,37 +36,37 @@ class Clock:
 def test_unknown_gpu_needs_a_write_and_a_remembered_one_does_not() -> None:
     cache = GpuCache(lag_s=60)
     host = GpuMetadata(hostname="h1")
-    assert cache.needs_write(point(), host)
-    cache.remember(point(), host)
-    assert not cache.needs_write(point(0, "DCGM_FI_DEV_SM_CLOCK"), host)
-    assert not cache.needs_write(point(0), GpuMetadata())
+    assert cache.needs_write(update(0, host))
+    cache.remember(update(0, host))
+    assert not cache.needs_write(update(0, host))
+    assert not cache.needs_write(update(0))
 
 
 def test_changed_metadata_earlier_time_or_time_past_the_lag_need_a_write() -> None:
     cache = GpuCache(lag_s=60)
-    cache.remember(point(), GpuMetadata(hostname="h1"))
-    assert cache.needs_write(point(), GpuMetadata(hostname="h2"))
-    assert cache.needs_write(point(), GpuMetadata(pod="p"))
-    assert cache.needs_write(point(-1), GpuMetadata())
-    assert not cache.needs_write(point(60), GpuMetadata())
-    assert cache.needs_write(point(60.5), GpuMetadata())
+    cache.remember(update(0, GpuMetadata(hostname="h1")))
+    assert cache.needs_write(update(0, GpuMetadata(hostname="h2")))
+    assert cache.needs_write(update(0, GpuMetadata(pod="p")))
+    assert cache.needs_write(update(-1))
+    assert not cache.needs_write(update(60))
+    assert cache.needs_write(update(60.5))
 
 
 def test_entries_expire_so_a_lost_record_is_written_again() -> None:
     clock = Clock()
     cache = GpuCache(lag_s=60, ttl_s=300, clock=clock)
-    cache.remember(point(), GpuMetadata())
+    cache.remember(update())
     clock.now = 299
-    assert not cache.needs_write(point(), GpuMetadata())
+    assert not cache.needs_write(update())
     clock.now = 301
-    assert cache.needs_write(point(), GpuMetadata())
+    assert cache.needs_write(update())
 
 
 def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_trails_by_at_most_it(
     mock_store: MongoTelemetryStore,
     stats: Stats,
 ) -> None:
-    # given: ten metrics at one instant, then the same ten 30 s and 90 s later
+    # given: ten metrics at one instant, one message each, then the same 30 s and 90 s later
     cache = GpuCache(lag_s=60)
     metrics = [f"M{index}" for index in range(10)]
     for seconds in (0, 30, 90):
@@ -70,7 +75,7 @@ def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_tra
                 "point": point(seconds, metric).wire(),
                 "metadata": {"hostname": "h1"},
             }
-            ingest_message(mock_store, stats, (), body, "m", cache)
+            ingest(mock_store, stats, [Delivery("m", (), body)], cache)
     # then: one upsert at 0 s, none at 30 s (within the lag), one at 90 s
     assert stats.snapshot()["gpus_stored"] == 2
     assert stats.snapshot()["telemetry_stored"] == 30

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from telemetry import health
 from telemetry.config import Settings
-from telemetry.embedded import free_port
+from telemetry.demo.embedded import free_port
 from telemetry.errors import BrokerUnavailable, StorageUnavailable
+from telemetry.observe import health
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -133,7 +133,7 @@ def test_a_taken_port_is_one_error_line_and_no_endpoints(
         taken.listen()
         busy = settings.model_copy(update={"metrics_port": taken.getsockname()[1]})
         # when
-        with caplog.at_level(logging.INFO, logger="telemetry.health"):
+        with caplog.at_level(logging.INFO, logger="telemetry.observe.health"):
             server = health.start_worker_endpoints(busy, forks=False, broker_check=lambda: None)
     # then
     assert server is None
@@ -155,7 +155,7 @@ def test_worker_endpoints_log_their_url_and_serve_the_collector_metrics(
         raise BrokerUnavailable("broker connection lost: the worker is reconnecting")
 
     # when
-    with caplog.at_level(logging.INFO, logger="telemetry.health"):
+    with caplog.at_level(logging.INFO, logger="telemetry.observe.health"):
         server = health.start_worker_endpoints(configured, forks=False, broker_check=broker_down)
     try:
         status, content_type, body = get(f"http://127.0.0.1:{port}/metrics")

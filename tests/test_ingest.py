@@ -7,15 +7,28 @@ from typing import Any
 
 import pytest
 
-from telemetry.errors import InvalidMessage, StorageUnavailable
-from telemetry.ingest import ingest_message, split_arguments
-from telemetry.stats import Stats
-from telemetry.storage import MongoTelemetryStore
+from telemetry.errors import InvalidMessage, RejectionKind, StorageRejected, StorageUnavailable
+from telemetry.models import split_arguments
+from telemetry.observe.stats import Stats
+from telemetry.store.gpucache import GpuCache
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker.ingest import Delivery, Outcome
+from telemetry.worker.ingest import ingest as ingest_batch
+
+
+def delivery(point: Any, metadata: Any = None, message_id: str = "msg-1") -> Delivery:
+    kwargs = {"point": point} if metadata is None else {"point": point, "metadata": metadata}
+    return Delivery(message_id, (), kwargs)
 
 
 def ingest(store: MongoTelemetryStore, stats: Stats, point: Any, metadata: Any = None) -> str:
-    kwargs = {"point": point} if metadata is None else {"point": point, "metadata": metadata}
-    return ingest_message(store, stats, (), kwargs, "msg-1").describe()
+    """One message through the write path, as the per-task path sends it: a batch of one."""
+    [outcome] = ingest_batch(store, stats, [delivery(point, metadata)])
+    return outcome.describe()
+
+
+def at(point: dict[str, Any], second: int, **changes: Any) -> dict[str, Any]:
+    return dict(point, timestamp=f"2025-07-18T20:42:{second:02d}Z", **changes)
 
 
 def test_valid_point_is_stored_with_labels_and_its_gpu_recorded(
@@ -170,19 +183,117 @@ def test_unparseable_labels_are_kept_raw(
     assert stored["labels_raw"] == "not labels"
 
 
-def test_storage_outage_is_raised_for_retry_and_nothing_is_counted(
+def test_storage_outage_fails_every_point_for_retry_and_nothing_is_counted(
     mock_store: MongoTelemetryStore,
     stats: Stats,
     sample_point: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def down(*_: Any) -> None:
-        raise StorageUnavailable("upserting GPU: connection refused")
+        raise StorageUnavailable("upserting GPUs: connection refused")
 
-    monkeypatch.setattr(mock_store, "upsert_gpu", down)
-    with pytest.raises(StorageUnavailable):
-        ingest(mock_store, stats, sample_point)
+    monkeypatch.setattr(mock_store, "upsert_gpus", down)
+    outcomes = ingest_batch(mock_store, stats, [delivery(at(sample_point, s)) for s in range(3)])
+    assert [outcome.kind for outcome in outcomes] == ["failed"] * 3
+    assert all(isinstance(outcome.error, StorageUnavailable) for outcome in outcomes)
+    assert not any(outcome.settled for outcome in outcomes)
     assert stats.snapshot()["messages_processed"] == 0
+    assert mock_store.database["telemetry"].count_documents({}) == 0
+
+
+def test_a_batch_gives_one_outcome_per_message_in_order(
+    mock_store: MongoTelemetryStore, stats: Stats, sample_point: dict[str, Any]
+) -> None:
+    # given: one point stored before, so its second delivery is a duplicate
+    ingest(mock_store, stats, at(sample_point, 1))
+    batch = [
+        delivery(at(sample_point, 2), message_id="a"),
+        delivery(at(sample_point, 1), message_id="b"),
+        delivery(dict(sample_point, value="hot"), message_id="c"),
+        delivery(at(sample_point, 3), {"gpu_index": -1}, message_id="d"),
+        Delivery("e", (), {"colour": "red"}),
+        delivery(at(sample_point, 4), message_id="f"),
+    ]
+    # when
+    outcomes = ingest_batch(mock_store, stats, batch)
+    # then
+    assert [outcome.kind for outcome in outcomes] == [
+        "stored",
+        "duplicate",
+        "rejected",
+        "rejected",
+        "rejected",
+        "stored",
+    ]
+    assert [outcome.rejection for outcome in outcomes[2:5]] == [
+        RejectionKind.INVALID_POINT,
+        RejectionKind.INVALID_METADATA,
+        RejectionKind.INVALID_ARGUMENTS,
+    ]
+    assert outcomes[2].describe().startswith("rejected: value: not a number")
+    rejected = {doc["message_id"]: doc for doc in mock_store.database["rejected"].find()}
+    assert sorted(rejected) == ["c", "d", "e"]
+    assert rejected["d"]["kind"] == "invalid_metadata"
+    assert mock_store.database["telemetry"].count_documents({}) == 3
+    counts = stats.snapshot()
+    assert (counts["telemetry_stored"], counts["duplicates"], counts["messages_errors"]) == (
+        3,
+        1,
+        3,
+    )
+    assert counts["messages_processed"] == 7
+
+
+def test_a_batch_upserts_each_gpu_once_with_the_span_of_its_points(
+    mock_store: MongoTelemetryStore,
+    stats: Stats,
+    sample_point: dict[str, Any],
+    sample_metadata: dict[str, Any],
+) -> None:
+    batch = [
+        delivery(at(sample_point, 5), sample_metadata),
+        delivery(at(sample_point, 1), {**sample_metadata, "hostname": "moved"}),
+        delivery(at(sample_point, 3, gpu_uuid="GPU-other")),
+    ]
+    ingest_batch(mock_store, stats, batch, GpuCache(lag_s=60))
+    assert stats.snapshot()["gpus_stored"] == 2
+    gpu = mock_store.database["gpus"].find_one({"_id": sample_point["gpu_uuid"]})
+    assert gpu is not None
+    assert gpu["hostname"] == "moved"
+    assert gpu["first_seen"] == datetime(2025, 7, 18, 20, 42, 1, tzinfo=UTC)
+    assert gpu["last_seen"] == datetime(2025, 7, 18, 20, 42, 5, tzinfo=UTC)
+
+
+def test_a_point_the_database_refuses_fails_alone(
+    mock_store: MongoTelemetryStore,
+    stats: Stats,
+    sample_point: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    refused = StorageRejected("storing point: document too large")
+
+    def insert_points(documents: list[dict[str, Any]]) -> list[Any]:
+        return ["stored", refused]
+
+    monkeypatch.setattr(mock_store, "insert_points", insert_points)
+    outcomes = ingest_batch(
+        mock_store, stats, [delivery(at(sample_point, 1)), delivery(at(sample_point, 2))]
+    )
+    assert outcomes == [Outcome("stored"), Outcome("failed", error=refused)]
+    assert stats.snapshot()["telemetry_stored"] == 1
+
+
+def test_invalid_messages_that_cannot_be_recorded_fail_for_retry(
+    mock_store: MongoTelemetryStore, stats: Stats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: Any) -> None:
+        raise StorageUnavailable("recording rejected messages: connection refused")
+
+    monkeypatch.setattr(mock_store, "record_rejected", down)
+    [outcome] = ingest_batch(mock_store, stats, [Delivery("x", (), {})])
+    assert outcome.kind == "failed"
+    assert isinstance(outcome.error, StorageUnavailable)
+    assert stats.snapshot()["messages_errors"] == 0
 
 
 def test_positional_arguments_are_accepted_like_keywords(sample_point: dict[str, Any]) -> None:

@@ -16,14 +16,14 @@ from click.testing import CliRunner
 from telemetry.cli import main
 from telemetry.config import load_settings
 from telemetry.errors import ConfigError
-from telemetry.logs import (
+from telemetry.observe.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,
     current_format,
     resolve_format,
 )
-from telemetry.stats import COUNTERS, Stats, StatsReporter
+from telemetry.observe.stats import COUNTERS, Stats, StatsReporter
 
 
 class Terminal(io.StringIO):

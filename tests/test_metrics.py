@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from telemetry import metrics
-from telemetry.ingest import ingest_message, reject_message
+from telemetry.errors import RejectionKind
 from telemetry.models import format_timestamp
-from telemetry.stats import Stats
-from telemetry.storage import MongoTelemetryStore
+from telemetry.observe import metrics
+from telemetry.observe.stats import Stats
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker.ingest import Delivery, ingest, reject_undecodable
 
 
 @pytest.fixture
@@ -34,49 +35,29 @@ def sample(name: str, **labels: str) -> float:
     return 0.0
 
 
-@pytest.mark.parametrize(
-    ("reason", "label"),
-    [
-        ("value: must be finite (NaN and infinity are not telemetry)", "invalid_point"),
-        ("gpu_uuid: is required", "invalid_point"),
-        ("timestamp: not a real time (zero or before 1970): '0001-01-01'", "invalid_point"),
-        ("point: is required", "invalid_point"),
-        ("point: must be a JSON object, got list", "invalid_point"),
-        ("metadata: must be a JSON object, got str", "invalid_metadata"),
-        ("gpu_index: Input should be greater than or equal to 0", "invalid_metadata"),
-        ("unexpected task arguments: ['extra']", "invalid_arguments"),
-        ("expected at most 2 positional arguments, got 3", "invalid_arguments"),
-        ("arguments given twice: ['point']", "invalid_arguments"),
-        ("cannot decode body: Expecting value", "undecodable"),
-        ("invalid task message: Refusing to deserialize", "invalid_task"),
-        ("malformed task message: body must be [args, kwargs, embed]", "bad_shape"),
-        ("not a Celery task message (no task header)", "not_a_task"),
-        ("something nobody wrote yet", "other"),
-    ],
-)
-def test_free_text_reasons_map_to_a_small_fixed_set_of_labels(reason: str, label: str) -> None:
-    assert metrics.error_reason(reason) == label
-    assert label in metrics.ERROR_REASONS
-
-
 def test_rejected_messages_are_counted_by_reason_and_every_reason_starts_at_zero(
     collector_metrics: metrics.CollectorMetrics,
     mock_store: MongoTelemetryStore,
     stats: Stats,
     sample_point: dict[str, Any],
 ) -> None:
-    # when
-    for point in (dict(sample_point, value="NaN"), dict(sample_point, gpu_uuid="")):
-        ingest_message(mock_store, stats, (), {"point": point}, "bad-1")
-    ingest_message(mock_store, stats, (), {"point": sample_point, "metadata": "x"}, "bad-2")
-    reject_message(mock_store, stats, "cannot decode body: Expecting value", "bad-3", b"{")
+    # when: the kind travels with the rejection, never parsed back from its text
+    bad = [
+        Delivery("bad-1", (), {"point": dict(sample_point, value="NaN")}),
+        Delivery("bad-2", (), {"point": dict(sample_point, gpu_uuid="")}),
+        Delivery("bad-3", (), {"point": sample_point, "metadata": "x"}),
+    ]
+    ingest(mock_store, stats, bad)
+    reject_undecodable(
+        mock_store, stats, "cannot decode body: x", RejectionKind.UNDECODABLE, "bad-4", b"{"
+    )
     # then
     assert sample("telemetry_messages_errors_total", reason="invalid_point") == 2
     assert sample("telemetry_messages_errors_total", reason="invalid_metadata") == 1
     assert sample("telemetry_messages_errors_total", reason="undecodable") == 1
     body, _ = metrics.exposition()
-    for reason in metrics.ERROR_REASONS:
-        assert f'telemetry_messages_errors_total{{reason="{reason}"}}' in body.decode()
+    for kind in RejectionKind:
+        assert f'telemetry_messages_errors_total{{reason="{kind.value}"}}' in body.decode()
 
 
 def test_stats_counters_are_mirrored_once_subscribed(
@@ -94,8 +75,8 @@ def test_stats_counters_are_mirrored_once_subscribed(
     assert sample("telemetry_messages_processed_total") == 3
     for name in ("retries", "dead_lettered", "messages_delivered", "duplicates", "gpus_stored"):
         assert sample(f"telemetry_{name}_total") == 1
-    # Errors are counted with their reason by reject_message, not from the bare counter.
-    errors = [sample("telemetry_messages_errors_total", reason=r) for r in metrics.ERROR_REASONS]
+    # Errors are counted with their kind by the write path, not from the bare counter.
+    errors = [sample("telemetry_messages_errors_total", reason=k.value) for k in RejectionKind]
     assert sum(errors) == 0
 
 
@@ -109,8 +90,8 @@ def test_a_stored_point_records_its_latency_and_one_write_of_one_point(
     published = datetime.now(UTC) - timedelta(seconds=3)
     point = dict(sample_point, timestamp=format_timestamp(published))
     # when: it arrives twice
-    ingest_message(mock_store, stats, (), {"point": point}, "m-1")
-    ingest_message(mock_store, stats, (), {"point": point}, "m-1")
+    for _ in range(2):
+        ingest(mock_store, stats, [Delivery("m-1", (), {"point": point})])
     # then: two writes of one point each, one latency (the duplicate stored nothing)
     assert sample("telemetry_db_write_seconds_count") == 2
     assert sample("telemetry_db_write_batch_size_sum") == 2

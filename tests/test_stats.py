@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from telemetry.stats import COUNTERS, Stats, StatsReporter, stats_line
+from telemetry.observe.stats import COUNTERS, Stats, StatsReporter, stats_line
 
 
 def test_counters_add_up_across_threads(stats: Stats) -> None:

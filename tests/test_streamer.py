@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from telemetry.broker.publisher import TaskMessage
 from telemetry.cli import SAMPLE_CSV
-from telemetry.config import Settings
+from telemetry.config import Settings, load_settings
 from telemetry.dcgm import Row
 from telemetry.errors import ConfigError
-from telemetry.publisher import TaskMessage
-from telemetry.streamer import Streamer, StreamOptions, options_from
+from telemetry.streamer.run import Streamer, StreamOptions, options_from
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -134,30 +134,38 @@ def test_stop_event_ends_the_run_and_settles_what_was_sent() -> None:
     assert report.rows_sent == report.confirmed == 10
 
 
-def test_options_come_from_flags_then_environment(settings: Settings) -> None:
+def test_options_come_from_the_settings_and_paths_win_over_csv_path() -> None:
     env = {"CSV_PATH": "/data/a.csv", "LOOP_MODE": "true", "STREAM_INTERVAL": "0.5"}
-    options = options_from(settings, [], None, None, None, None, "now", None, env=env)
+    settings = load_settings(env=env)
+    options = options_from(settings, [])
     assert (options.paths, options.loop, options.interval_s) == ([Path("/data/a.csv")], True, 0.5)
     assert options.max_backlog == 100 * settings.queue_buffer_size
-    flagged = options_from(settings, [Path("b.csv")], False, 0.0, None, None, "csv", 7, env=env)
-    assert (flagged.paths, flagged.loop, flagged.interval_s, flagged.max_backlog) == (
+    flagged = load_settings(
+        env=env, overrides={"loop_mode": False, "stream_interval_s": 0.0, "stream_max_backlog": 7}
+    )
+    options = options_from(flagged, [Path("b.csv")], timestamps="csv")
+    assert (options.paths, options.loop, options.interval_s, options.max_backlog) == (
         [Path("b.csv")],
         False,
         0.0,
         7,
     )
+    assert options.timestamps == "csv"
+
+
+def test_no_csv_file_is_a_one_line_error(settings: Settings) -> None:
+    with pytest.raises(ConfigError, match="no CSV file given"):
+        options_from(settings, [])
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({}, "no CSV file given"),
-        ({"CSV_PATH": "a.csv", "LOOP_MODE": "sometimes"}, "invalid LOOP_MODE"),
-        ({"CSV_PATH": "a.csv", "STREAM_INTERVAL": "-1"}, "invalid STREAM_INTERVAL='-1'"),
+        ({"LOOP_MODE": "sometimes"}, "invalid LOOP_MODE='sometimes'"),
+        ({"STREAM_INTERVAL": "-1"}, "invalid STREAM_INTERVAL='-1'"),
+        ({"STREAM_MAX_BACKLOG": "0"}, "invalid STREAM_MAX_BACKLOG='0'"),
     ],
 )
-def test_bad_stream_settings_are_one_line_errors(
-    settings: Settings, env: dict[str, str], message: str
-) -> None:
+def test_bad_stream_settings_are_one_line_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        options_from(settings, [], None, None, None, None, "now", None, env=env)
+        load_settings(env={"CSV_PATH": "a.csv", **env})

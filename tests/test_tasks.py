@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from telemetry.config import Settings
-from telemetry.tasks import backoff_delay_s
+from telemetry.worker.tasks import backoff_delay_s
 
 
 def test_backoff_doubles_with_jitter_and_is_capped(settings: Settings) -> None:

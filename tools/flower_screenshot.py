@@ -16,27 +16,25 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kombu import Connection
 
-from telemetry.celery_app import app
+from telemetry.broker.messages import build_task_message
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import dead_exchange_name, dead_queue_name
 from telemetry.cli import SAMPLE_CSV
 from telemetry.dcgm import Row, read_dcgm_csv
-from telemetry.embedded import SecantusServer, free_port
+from telemetry.demo.embedded import SecantusServer
 from telemetry.models import format_timestamp
-from telemetry.publisher import ConfirmingPublisher, build_task_message
-from telemetry.queues import dead_exchange_name, dead_queue_name
+from tools.launchers import FlowerProcess, WorkerProcess, clean_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("SCREENSHOT_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -57,30 +55,6 @@ CHROMIUM_FLAGS = (
 )
 
 
-def wait_until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``done`` until it holds; raise naming ``what`` if it never does."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-@contextmanager
-def process(command: list[str], env: dict[str, str], log: IO[bytes]) -> Iterator[None]:
-    """Run ``command`` from the repository for the duration of the block."""
-    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
 def flower_get(port: int, path: str, **query: str) -> str:
     """A page or API answer from the local Flower."""
     url = f"http://127.0.0.1:{port}{path}"
@@ -89,14 +63,6 @@ def flower_get(port: int, path: str, **query: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         body: bytes = response.read()
     return body.decode()
-
-
-def flower_answers(port: int) -> bool:
-    """Whether Flower is up."""
-    try:
-        return flower_get(port, "/healthcheck") == "OK"
-    except OSError:
-        return False
 
 
 def tasks_in(port: int, node: str, state: str) -> int:
@@ -124,7 +90,7 @@ def sample_messages(count: int, skip: int = 0) -> list[tuple[dict[str, Any], dic
 def publish(sender: ConfirmingPublisher, messages: list[tuple[dict[str, Any], Any]]) -> None:
     """Publish each point as one task, confirmed, a little apart so the page reads in order."""
     for point, metadata in messages:
-        sender.send(build_task_message(app, point, metadata))
+        sender.send(build_task_message(point, metadata))
         sender.flush()
         time.sleep(0.05)
 
@@ -165,11 +131,9 @@ def run(output: Path, workdir: Path, chromium: str, page: str) -> None:
     """
     queue = f"screenshot.{uuid.uuid4().hex[:8]}"
     node = f"telemetry@{INSTANCE_ID}"
-    port = free_port()
     server = SecantusServer(":memory:", log_path=workdir / "secantus.log")
     server.start()
-    env = dict(
-        os.environ,
+    env = clean_env(
         CELERY_BROKER_URL=BROKER,
         MONGODB_URI=server.uri,
         MONGODB_DB="screenshot",
@@ -178,45 +142,31 @@ def run(output: Path, workdir: Path, chromium: str, page: str) -> None:
         MAX_RETRIES="1",
         RETRY_BACKOFF_S="0.5",
         MONGO_TIMEOUT_MS="1000",
-        PYTHONPATH=str(REPO),
-        # Flower is bound to 127.0.0.1 here; the API answers only so this script can poll it.
-        FLOWER_UNAUTHENTICATED_API="true",
     )
-    celery = [sys.executable, "-m", "celery", "-A", "telemetry"]
-    flower_log = (workdir / "flower.log").open("wb")
-    worker_log = (workdir / "worker.log").open("wb")
+    worker = WorkerProcess(env, workdir / "worker.log", concurrency=4)
+    flower = FlowerProcess(env, workdir / "flower.log", user=None)
     try:
-        with (
-            process([*celery, "flower", "--address=127.0.0.1", f"--port={port}"], env, flower_log),
-            process([*celery, "worker", "-c", "4", "-l", "INFO"], env, worker_log),
-        ):
-            wait_until(lambda: flower_answers(port), 30, "Flower")
-            wait_until(
-                lambda: (
-                    f'flower_worker_online{{worker="{node}"}} 1.0' in flower_get(port, "/metrics")
-                ),
-                60,
-                "the worker to come online in Flower",
-            )
-            sender = ConfirmingPublisher(Connection(BROKER), queue)
-            sender.open()
-            try:
-                publish(sender, sample_messages(VALID))
-                publish(sender, invalid_messages())
-                wait_until(
-                    lambda: tasks_in(port, node, "SUCCESS") == VALID + 3, 60, "the successes"
-                )
-                server.stop()
-                publish(sender, sample_messages(2, skip=200))
-                wait_until(lambda: tasks_in(port, node, "FAILURE") == 2, 90, "2 failures")
-            finally:
-                sender.close()
-            output.parent.mkdir(parents=True, exist_ok=True)
-            screenshot(f"http://127.0.0.1:{port}{page}", output, chromium)
+        worker.wait_ready()
+        flower.wait_ready()
+        wait_for(lambda: flower.sees_online(node), 60, "the worker to come online in Flower")
+        port = flower.port
+        sender = ConfirmingPublisher(Connection(BROKER), queue)
+        sender.open()
+        try:
+            publish(sender, sample_messages(VALID))
+            publish(sender, invalid_messages())
+            wait_for(lambda: tasks_in(port, node, "SUCCESS") == VALID + 3, 60, "the successes")
+            server.stop()
+            publish(sender, sample_messages(2, skip=200))
+            wait_for(lambda: tasks_in(port, node, "FAILURE") == 2, 90, "2 failures")
+        finally:
+            sender.close()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        screenshot(f"http://127.0.0.1:{port}{page}", output, chromium)
     finally:
+        flower.stop()
+        worker.stop()
         server.stop()
-        flower_log.close()
-        worker_log.close()
         with Connection(BROKER) as connection:
             channel = connection.channel()
             for name in (queue, dead_queue_name(queue)):

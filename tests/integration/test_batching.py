@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
-from telemetry.celery_app import app
-from telemetry.publisher import ConfirmingPublisher
-from tests.integration.conftest import (
-    WorkerProcess,
-    make_points,
-    publish_points,
-    queue_depth,
-    wait_for,
-)
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.worker.app import app
+from tests.integration.conftest import make_points, publish_points, queue_depth
+from tools.launchers import WorkerProcess, wait_for
 
 
 class EventLog:

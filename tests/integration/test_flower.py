@@ -7,17 +7,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from telemetry.embedded import SecantusServer
-from telemetry.publisher import ConfirmingPublisher
-from telemetry.queues import dead_queue_name
-from tests.integration.conftest import (
-    FlowerProcess,
-    WorkerProcess,
-    make_points,
-    publish_points,
-    queue_depth,
-    wait_for,
-)
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import dead_queue_name
+from telemetry.demo.embedded import SecantusServer
+from tests.integration.conftest import make_points, publish_points, queue_depth
+from tools.launchers import FlowerProcess, WorkerProcess, wait_for
 
 
 def test_flower_shows_stored_invalid_and_failed_points_apart(
@@ -68,7 +62,9 @@ def test_flower_shows_stored_invalid_and_failed_points_apart(
     assert set(tasks) == {*stored, *invalid, *failed}
     assert {(tasks[i]["state"], tasks[i]["result"]) for i in stored} == {("SUCCESS", "'stored'")}
     assert {tasks[i]["state"] for i in invalid} == {"SUCCESS"}
-    assert all(tasks[i]["result"].startswith("'rejected: ") for i in invalid)
+    assert all(tasks[i]["result"].startswith("'rejected: ") for i in invalid), [
+        tasks[i]["result"] for i in invalid
+    ]
     assert {tasks[i]["state"] for i in failed} == {"FAILURE"}
     assert all(tasks[i]["exception"].startswith("StorageUnavailable(") for i in failed)
     # … the task page shows the result and exception columns (flowerconfig.py)

@@ -10,14 +10,9 @@ from typing import Any
 
 from pymongo.database import Database
 
-from telemetry.publisher import ConfirmingPublisher
-from tests.integration.conftest import (
-    WorkerProcess,
-    cli_env,
-    make_points,
-    publish_points,
-    wait_for,
-)
+from telemetry.broker.publisher import ConfirmingPublisher
+from tests.integration.conftest import cli_env, make_points, publish_points
+from tools.launchers import WorkerProcess, wait_for
 
 
 def stats_command(broker_url: str, queue_name: str, *args: str) -> subprocess.CompletedProcess[str]:

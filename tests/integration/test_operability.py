@@ -19,11 +19,12 @@ from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo.database import Database
 
-from telemetry.celery_app import app
-from telemetry.embedded import SecantusServer, free_port
-from telemetry.publisher import ConfirmingPublisher, build_task_message
-from tests.integration.conftest import WorkerProcess, make_points, publish_points, wait_for
+from telemetry.broker.messages import build_task_message
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.demo.embedded import SecantusServer, free_port
+from tests.integration.conftest import make_points, publish_points
 from tests.integration.latency_proxy import LatencyProxy
+from tools.launchers import WorkerProcess, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -102,10 +103,15 @@ def test_metrics_count_every_outcome_exactly_and_the_url_is_logged(
     assert value(samples, "telemetry_db_write_batch_size_sum") == 21
     assert value(samples, "telemetry_ingest_latency_seconds_count") == 20
     commits = value(samples, "telemetry_db_write_seconds_count")
+    batched = value(samples, "telemetry_messages_batched_total")
     if batch_size == "1":
         assert commits == 21
+        assert batched == 0
     else:
         assert 1 <= commits < 21, "points were written in batches"
+        # Every task message (the invalid ones too) was settled by a batch commit:
+        # none fell back to the slower per-task path.
+        assert batched == 23
     wait_for(
         lambda: value(scrape(port), "telemetry_messages_in_flight") == 0, 10, "no task running"
     )
@@ -208,7 +214,7 @@ def test_prefork_children_are_summed_in_one_scrape(
     assert "(prefork)" in worker.log() or '"pool": "prefork"' in worker.log()
     # when
     publish_points(publisher, make_points(60))
-    publisher.send(build_task_message(app, {"gpu_uuid": ""}, None))
+    publisher.send(build_task_message({"gpu_uuid": ""}, None))
     publisher.flush()
     # then
     wait_for(lambda: processed(port) == 61, 60, "61 processed messages", lambda: processed(port))

@@ -14,8 +14,9 @@ from pymongo.database import Database
 from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
-from telemetry.streamer import StreamOptions, run_stream
-from tests.integration.conftest import WorkerProcess, cli_env, queue_depth, wait_for
+from telemetry.streamer.run import StreamOptions, run_stream
+from tests.integration.conftest import cli_env, queue_depth
+from tools.launchers import WorkerProcess, wait_for
 
 TELEMETRY = [sys.executable, "-m", "telemetry.cli"]
 
@@ -82,7 +83,7 @@ def test_stream_command_with_broker_down_fails_at_once_with_one_line(tmp_path: P
     (line,) = result.stderr.splitlines()
     logged = json.loads(line)
     assert logged["level"] == "ERROR"
-    assert logged["message"].startswith("cannot reach the broker at amqp://guest:**@127.0.0.1:1//")
+    assert logged["message"].startswith("cannot use the broker at amqp://guest:***@127.0.0.1:1//")
     assert "Traceback" not in result.stderr
 
 
@@ -107,9 +108,12 @@ def test_demo_runs_the_whole_pipeline_with_no_servers(tmp_path: Path, broker_url
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Broker:   memory:// (in-process)" in result.stdout
+    assert "Broker:   memory://localhost/ (in-process)" in result.stdout
     assert f"data in {tmp_path / 'data'}" in result.stdout
-    assert "OK: 50 points sent, 50 confirmed, 50 stored (50 new in the database)" in result.stdout
+    assert (
+        "OK: 50 points sent, 50 confirmed by the broker, 50 stored "
+        "(50 new documents in the database)" in result.stdout
+    )
     rows = [row for row in read_dcgm_csv(small) if isinstance(row, Row)]
     hosts = {row.metadata.hostname for row in rows}
     gpus = {row.point.gpu_uuid for row in rows}

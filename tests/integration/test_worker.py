@@ -8,17 +8,12 @@ from typing import Any
 from kombu import Connection
 from pymongo.database import Database
 
-from telemetry.celery_app import app
-from telemetry.embedded import SecantusServer
-from telemetry.publisher import ConfirmingPublisher, build_task_message
-from telemetry.queues import dead_queue_name
-from tests.integration.conftest import (
-    WorkerProcess,
-    make_points,
-    publish_points,
-    queue_depth,
-    wait_for,
-)
+from telemetry.broker.messages import build_task_message
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import dead_queue_name
+from telemetry.demo.embedded import SecantusServer
+from tests.integration.conftest import make_points, publish_points, queue_depth
+from tools.launchers import WorkerProcess, wait_for
 
 
 def test_points_are_ingested_end_to_end_with_matching_statistics(
@@ -65,7 +60,7 @@ def test_the_same_message_delivered_twice_is_stored_once(
 ) -> None:
     # given
     worker = start_worker()
-    message = build_task_message(app, make_points(1)[0], None)
+    message = build_task_message(make_points(1)[0], None)
     # when
     publisher.send(message)
     publisher.send(message)

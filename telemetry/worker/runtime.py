@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 from telemetry.config import Settings, load_settings
-from telemetry.gpucache import GpuCache
-from telemetry.storage import LazyStore, MongoTelemetryStore, open_store
+from telemetry.store.gpucache import GpuCache
+from telemetry.store.mongo import LazyStore, MongoTelemetryStore, open_store
 
 _lock = threading.Lock()
 _settings: Settings | None = None

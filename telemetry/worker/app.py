@@ -1,9 +1,11 @@
 """The Celery application, its worker flags and its start and stop hooks.
 
 ``celery -A telemetry worker`` finds :data:`app` through ``telemetry/__init__.py``.
-Celery settings come from the top-level ``celeryconfig`` module; collector
+Celery settings come from :mod:`telemetry.worker.celery_settings`, then a
+``celeryconfig`` module in the working directory if there is one. Collector
 settings (``INSTANCE_ID`` and friends) are read by :class:`TelemetryWorker`
-when a worker starts, with its flags taking precedence over the environment.
+when a worker starts, with its flags taking precedence over the environment;
+the flags are derived from the settings declaration in :mod:`telemetry.config`.
 """
 
 from __future__ import annotations
@@ -12,46 +14,33 @@ import logging
 import math
 import sys
 from functools import cached_property
+from types import ModuleType
 from typing import Any
 
 import click
 from celery import Celery, current_task, signals
-from celery.apps import worker as celery_worker
-from celery.apps.worker import Worker
-from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.utils.nodenames import default_nodename, host_format
 from celery.worker.control import inspect_command
 
-from telemetry import health, metrics, runtime
-from telemetry.config import Settings, load_settings
+from telemetry.broker.connect import login_refused
+from telemetry.broker.topology import dead_queue_name, declare_topology, work_queue
+from telemetry.config import Settings, flag_fields, flag_help, flag_name, load_settings
 from telemetry.errors import ConfigError, TelemetryError
-from telemetry.logs import configure_logging, current_format
-from telemetry.queues import dead_queue_name, declare_topology, work_queue
-from telemetry.stats import STATS, StatsReporter
+from telemetry.observe import health, metrics
+from telemetry.observe.logs import configure_logging, current_format
+from telemetry.observe.stats import STATS, StatsReporter
+from telemetry.worker import celery_settings, runtime
+from telemetry.worker.celery_internals import (
+    CELERY_DEFAULT_NODENAME,
+    BaseWorker,
+    import_from_working_directory,
+    pool_forks,
+)
 
 logger = logging.getLogger("telemetry.worker")
 
-# What `celery worker` passes when -n is not given; INSTANCE_ID decides instead.
-CELERY_DEFAULT_NODENAME = host_format(default_nodename(None))
-
-# Flags of ``celery -A telemetry worker``, each overriding its environment variable.
-WORKER_FLAGS: dict[str, tuple[type, str]] = {
-    "instance_id": (str, "Collector instance name; the node name is telemetry@<id>. [INSTANCE_ID]"),
-    "batch_size": (int, "Points per database commit; 1 writes each on its own. [BATCH_SIZE]"),
-    "flush_interval_ms": (int, "Most ms a point waits for its batch. [FLUSH_INTERVAL_MS]"),
-    "max_concurrent_handlers": (
-        int,
-        "Most MongoDB operations in flight. [MAX_CONCURRENT_HANDLERS]",
-    ),
-    "queue_buffer_size": (int, "Most messages held unacked (prefetch). [QUEUE_BUFFER_SIZE]"),
-    "queue_workers": (int, "Worker threads, unless -c is given. [QUEUE_WORKERS]"),
-    "mongodb_uri": (str, "MongoDB connection URI. [MONGODB_URI]"),
-    "mongodb_db": (str, "MongoDB database name. [MONGODB_DB]"),
-    "queue_name": (str, "Queue to consume; dead letters go to <name>.dead. [TELEMETRY_QUEUE]"),
-    "max_retries": (int, "Storage retries before dead-lettering. [MAX_RETRIES]"),
-    "stats_interval_s": (float, "Seconds between statistics lines. [STATS_INTERVAL_S]"),
-    "metrics_port": (int, "Port of /metrics, /healthz, /readyz; 0 turns them off. [METRICS_PORT]"),
-}
+# The flags of ``celery -A telemetry worker``: the settings declared for the worker.
+WORKER_FLAGS = flag_fields("worker")
+USER_CELERY_CONFIG = "celeryconfig"
 
 
 def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> int:
@@ -70,7 +59,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     return threads
 
 
-class TelemetryWorker(Worker):  # type: ignore[misc]
+class TelemetryWorker(BaseWorker):
     """Celery's worker, started from the collector settings and its own flags."""
 
     def __init__(
@@ -84,6 +73,15 @@ class TelemetryWorker(Worker):  # type: ignore[misc]
             # One clear line and a non-zero exit, not a traceback.
             print(f"telemetry worker: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        # A refused login would be retried forever, a line every few seconds: say it once.
+        refused = (
+            None
+            if settings.broker_url.startswith("memory://")
+            else login_refused(settings.broker_url)
+        )
+        if refused is not None:
+            print(f"telemetry worker: {refused}", file=sys.stderr)
+            raise SystemExit(1)
         # Now, not only when Celery asks: its start-up warnings come before that.
         configure_worker_logging(settings, kwargs.get("loglevel") or logging.WARNING)
         celery_app = app or self.app
@@ -96,49 +94,57 @@ class TelemetryWorker(Worker):  # type: ignore[misc]
             hostname = f"telemetry@{settings.instance_id}"
         super().__init__(app=app, hostname=hostname, **kwargs)
 
-    def emit_banner(self) -> None:
-        """Celery's banner on stdout; with JSON logs, one log line with the same facts."""
-        if current_format() != "json":
-            super().emit_banner()
-            return
-        pool = self.pool_cls if isinstance(self.pool_cls, str) else self.pool_cls.__module__
-        logger.info(
-            "Worker %s starting",
-            self.hostname,
-            extra={
-                "node": self.hostname,
-                "broker": self.app.connection().as_uri(),
-                "queues": sorted(self.app.amqp.queues),
-                "concurrency": self.concurrency,
-                "pool": pool.rsplit(".", 1)[-1],
-                "task_events": bool(self.task_events),
-            },
-        )
-
-    def install_platform_tweaks(self, worker: Any) -> None:
-        """Celery's signal handlers; with JSON logs, SIGTERM prints no plain-text line."""
-        super().install_platform_tweaks(worker)
-        if current_format() == "json":
-            # The shutdown is logged by _on_worker_shutting_down instead.
-            celery_worker.install_worker_term_handler(worker, verbose=False)
+    def json_logs(self) -> bool:
+        """Whether this worker logs JSON (then its banner is a log line)."""
+        return current_format() == "json"
 
 
 class TelemetryCelery(Celery):  # type: ignore[misc]
     """A Celery app whose ``Worker`` is :class:`TelemetryWorker`."""
 
     @cached_property
-    def Worker(self) -> type[Worker]:
+    def Worker(self) -> type[TelemetryWorker]:
         """The worker class ``celery worker`` instantiates."""
-        worker: type[Worker] = self.subclass_with_self(TelemetryWorker)
+        worker: type[TelemetryWorker] = self.subclass_with_self(TelemetryWorker)
         return worker
 
 
-app = TelemetryCelery("telemetry", include=["telemetry.tasks"])
-app.config_from_object("celeryconfig")
-for _name, (_type, _help) in WORKER_FLAGS.items():
-    app.user_options["worker"].add(
-        click.Option(["--" + _name.replace("_", "-")], type=_type, default=None, help=_help)
+def user_celery_config() -> ModuleType | None:
+    """The user's ``celeryconfig`` module from the working directory, if there is one."""
+    try:
+        module = import_from_working_directory(USER_CELERY_CONFIG)
+    except ModuleNotFoundError as exc:
+        if exc.name != USER_CELERY_CONFIG:
+            raise
+        return None
+    return module
+
+
+def celery_options(module: ModuleType) -> dict[str, Any]:
+    """The Celery settings a config module defines (lower-case public names)."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if name.islower() and not name.startswith("_") and not isinstance(value, ModuleType)
+    }
+
+
+def worker_flag(field: str) -> click.Option:
+    """The ``celery worker`` flag of one setting (``--batch-size`` for ``batch_size``)."""
+    annotation = Settings.model_fields[field].annotation
+    flag_type = annotation if annotation in (int, float) else str
+    return click.Option(
+        [flag_name(field), field], type=flag_type, default=None, help=flag_help(field)
     )
+
+
+app = TelemetryCelery("telemetry", include=["telemetry.worker.tasks"])
+app.config_from_object(celery_settings)
+_user_config = user_celery_config()
+if _user_config is not None:
+    app.conf.update(celery_options(_user_config))
+for _field in WORKER_FLAGS:
+    app.user_options["worker"].add(worker_flag(_field))
 
 _reporter: StatsReporter | None = None
 
@@ -208,7 +214,7 @@ _consumer: Any = None
 def _on_worker_after_setup(instance: Any, **_: Any) -> None:
     # `celery worker` only (not the embedded demo), in the main process, before the pool forks.
     global _endpoints
-    forks = isinstance(instance.pool_cls, type) and issubclass(instance.pool_cls, PreforkPool)
+    forks = pool_forks(instance.pool_cls)
     _endpoints = health.start_worker_endpoints(
         runtime.current_settings(), forks, lambda: health.check_consumer_connection(_consumer)
     )

@@ -11,55 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
+from telemetry.broker.connect import broker_errors, unavailable
+from telemetry.broker.messages import TaskMessage
+from telemetry.broker.topology import declare_topology, work_queue
 from telemetry.errors import BrokerUnavailable
-from telemetry.queues import TASK_NAME, declare_topology, work_queue
 
-logger = logging.getLogger("telemetry.publisher")
-
-
-@dataclass(frozen=True)
-class TaskMessage:
-    """A task message ready to publish: Celery protocol 2 headers and a JSON body."""
-
-    task_id: str
-    headers: dict[str, Any]
-    properties: dict[str, Any]
-    body: Any
-
-
-# Header values that mean "not set" in Celery's protocol 2.
-UNSET: tuple[Any, ...] = (None, [None, None], {})
-
-
-def build_task_message(
-    app: Celery, point: Mapping[str, Any], metadata: Mapping[str, Any] | None
-) -> TaskMessage:
-    """The ``telemetry.ingest`` message for one point, in Celery's own wire format."""
-    task_id = str(uuid.uuid4())
-    kwargs: dict[str, Any] = {"point": dict(point)}
-    if metadata:
-        kwargs["metadata"] = dict(metadata)
-    # A short summary instead of Celery's saferepr of the whole payload, which
-    # cost three quarters of the time it took to build a message (profiled).
-    described = f"{point.get('gpu_uuid')} {point.get('metric_name')} @ {point.get('timestamp')}"
-    summary = f"{{'point': '{described}'}}"
-    message = app.amqp.as_task_v2(
-        task_id, TASK_NAME, args=(), kwargs=kwargs, argsrepr="()", kwargsrepr=summary
-    )
-    # Headers that only say "not set" are left out: each one costs py-amqp a
-    # table entry to write and the worker one to read (about a third of the
-    # publish time, profiled), and Celery reads every one of them with a default.
-    headers = {key: value for key, value in message.headers.items() if value not in UNSET}
-    return TaskMessage(task_id, headers, dict(message.properties), message.body)
+logger = logging.getLogger("telemetry.broker.publisher")
 
 
 class ConfirmingPublisher:
@@ -72,14 +34,12 @@ class ConfirmingPublisher:
         window: int = 500,
         compression: str | None = None,
         connect_retries: int = 5,
-        on_reconnect: Callable[[int], None] | None = None,
     ) -> None:
         self._connection = connection
         self._queue_name = queue_name
         self._window = max(1, window)
         self._compression = compression
         self._connect_retries = connect_retries
-        self._on_reconnect = on_reconnect
         self._pending: dict[int, TaskMessage] = {}
         self._next_tag = 1
         self._nacked: list[TaskMessage] = []
@@ -87,7 +47,6 @@ class ConfirmingPublisher:
         self._producer: Producer | None = None
         self._confirms = False
         self.confirmed = 0
-        self.resent = 0
 
     def open(self, retries: int | None = None) -> None:
         """Connect, declare the queues and switch the channel to confirm mode.
@@ -115,19 +74,12 @@ class ConfirmingPublisher:
                 routing_key=self._queue_name,
             )
             self._next_tag = 1
-        except self._recoverable_errors() as exc:
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {self._connection.as_uri()}: {exc}"
-            ) from exc
+        except broker_errors(self._connection) as exc:
+            raise unavailable(self._connection.as_uri(), exc) from exc
 
     def close(self) -> None:
         """Release the channel and connection (unconfirmed messages are not waited for)."""
         self._connection.release()
-
-    @property
-    def unconfirmed(self) -> int:
-        """Messages sent but not yet confirmed."""
-        return len(self._pending)
 
     def send(self, message: TaskMessage) -> None:
         """Send one message; blocks while ``window`` messages await their confirms."""
@@ -182,7 +134,6 @@ class ConfirmingPublisher:
     def _resend_nacked(self) -> None:
         while self._nacked:
             self._send_once(self._nacked.pop())
-            self.resent += 1
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         for tag in self._settled_tags(delivery_tag, multiple):
@@ -229,9 +180,6 @@ class ConfirmingPublisher:
                 logger.warning("Reconnect attempt %d failed: %s", attempt + 1, again)
                 time.sleep(min(2.0**attempt, 10.0))
                 continue
-            self.resent += len(unconfirmed)
-            if self._on_reconnect is not None:
-                self._on_reconnect(len(unconfirmed))
             return
         raise BrokerUnavailable(
             f"broker unreachable after {self._connect_retries + 1} "

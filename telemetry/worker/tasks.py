@@ -1,4 +1,4 @@
-"""The ``telemetry.ingest`` task: decode, call the ingest logic, map errors to ack, retry or reject.
+"""The ``telemetry.ingest`` task: the one write path for one message, and Celery's verdict.
 
 * valid point        → stored (or counted as a duplicate), acked
 * invalid message    → recorded in ``rejected``, counted, acked; never retried
@@ -6,6 +6,10 @@
 * anything else, or retries used up → the task fails and, because
   ``task_acks_on_failure`` is off, the message is rejected without requeue,
   which RabbitMQ dead-letters into ``<queue>.dead``
+
+With ``BATCH_SIZE`` > 1 most messages never become a task: see
+:mod:`telemetry.worker.batching`. The ones that do (retries, failures of a
+batch) come here.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ from typing import Any
 
 from celery import Task
 
-from telemetry import runtime
-from telemetry.celery_app import app
+from telemetry.broker.topology import ERROR_HEADER, TASK_NAME
 from telemetry.config import Settings
 from telemetry.errors import StorageUnavailable
-from telemetry.ingest import ingest_message
-from telemetry.queues import ERROR_HEADER, TASK_NAME
-from telemetry.stats import STATS
+from telemetry.observe.stats import STATS
+from telemetry.worker import runtime
+from telemetry.worker.app import app
+from telemetry.worker.ingest import Delivery, ingest
 
 logger = logging.getLogger("telemetry.tasks")
 _jitter = random.Random()
@@ -38,7 +42,7 @@ class IngestTask(Task):  # type: ignore[misc]
     """Counts what Celery decides after the task body: retries and dead letters."""
 
     # Celery's per-message handler, or batch commits in front of it (BATCH_SIZE > 1).
-    Strategy = "telemetry.batching:batch_strategy"
+    Strategy = "telemetry.worker.batching:batch_strategy"
 
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -55,31 +59,30 @@ class IngestTask(Task):  # type: ignore[misc]
 
 
 @app.task(name=TASK_NAME, bind=True, base=IngestTask)  # type: ignore[untyped-decorator]
-def ingest(self: IngestTask, *args: Any, **kwargs: Any) -> str:
-    """Store one telemetry point (see the message contract in the README)."""
-    STATS.incr("queue_delivered")
+def ingest_task(self: IngestTask, *args: Any, **kwargs: Any) -> str:
+    """Store one telemetry point (see docs/message-contract.md)."""
     settings = runtime.current_settings()
-    try:
-        outcome = ingest_message(
-            runtime.store(), STATS, args, kwargs, self.request.id, runtime.gpu_cache()
-        )
-    except StorageUnavailable as exc:
-        if self.request.retries >= settings.max_retries:
-            raise
-        delay = backoff_delay_s(self.request.retries, settings)
-        logger.warning(
-            "Storage unavailable for %s, retry %d/%d in %.1fs: %s",
-            self.request.id,
-            self.request.retries + 1,
-            settings.max_retries,
-            delay,
-            exc,
-        )
-        # The retry copy carries the error, so a dead letter says why it died.
-        raise self.retry(
-            exc=exc,
-            countdown=delay,
-            max_retries=settings.max_retries,
-            headers={ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]},
-        ) from exc
-    return outcome.describe()
+    [outcome] = ingest(
+        runtime.store(), STATS, [Delivery(self.request.id, args, kwargs)], runtime.gpu_cache()
+    )
+    if outcome.error is None:
+        return outcome.describe()
+    exc = outcome.error
+    if not isinstance(exc, StorageUnavailable) or self.request.retries >= settings.max_retries:
+        raise exc
+    delay = backoff_delay_s(self.request.retries, settings)
+    logger.warning(
+        "Storage unavailable for %s, retry %d/%d in %.1fs: %s",
+        self.request.id,
+        self.request.retries + 1,
+        settings.max_retries,
+        delay,
+        exc,
+    )
+    # The retry copy carries the error, so a dead letter says why it died.
+    raise self.retry(
+        exc=exc,
+        countdown=delay,
+        max_retries=settings.max_retries,
+        headers={ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]},
+    )

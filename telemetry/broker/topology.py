@@ -20,9 +20,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
-from kombu.exceptions import OperationalError
 
-from telemetry.errors import BrokerUnavailable
+from telemetry.broker.connect import broker_errors, connect, unavailable
 
 TASK_NAME = "telemetry.ingest"
 # Set on every retry copy: the error that made the worker retry.
@@ -74,15 +73,21 @@ def topology_channel(broker_url: str, queue_name: str) -> Iterator[tuple[Connect
     """A connection and a channel with the topology declared, for short operator commands.
 
     Raises :class:`BrokerUnavailable` with one readable line if the broker
-    cannot be reached; the connection is released on the way out.
+    cannot be used; the connection is released on the way out.
     """
-    connection = Connection(broker_url)
+    connection = connect(broker_url)
     try:
-        connection.ensure_connection(max_retries=1, interval_start=0.5)
-        channel = connection.channel()
-        declare_topology(channel, queue_name)
+        try:
+            channel = connection.channel()
+            declare_topology(channel, queue_name)
+        except broker_errors(connection) as exc:
+            raise unavailable(broker_url, exc) from exc
         yield connection, channel
-    except (OperationalError, *connection.connection_errors) as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {connection.as_uri()}: {exc}") from exc
     finally:
         connection.release()
+
+
+def queue_consumers(broker_url: str, queue_name: str) -> int:
+    """How many consumers the work queue has now."""
+    with topology_channel(broker_url, queue_name) as (_, channel):
+        return int(channel.queue_declare(queue_name, passive=True).consumer_count)

@@ -1,21 +1,24 @@
-"""``telemetry stats``: every running collector's counters and the depth of its queues."""
+"""``telemetry stats``: every running collector's counters and the depth of its queues.
+
+The counters themselves are kept by :mod:`telemetry.observe.stats`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
-
+from telemetry.broker.topology import dead_queue_name, topology_channel
 from telemetry.config import Settings
-from telemetry.queues import dead_queue_name, topology_channel
-from telemetry.stats import COUNTERS
+from telemetry.observe.stats import COUNTERS
 
 
-def cluster_stats(app: Celery, settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
+def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
     """Counters of each worker consuming ``settings.queue_name``, and both queue depths.
 
     Raises :class:`BrokerUnavailable` if the broker cannot be reached.
     """
+    from telemetry.worker.app import app  # the broadcast speaks Celery's control protocol
+
     with topology_channel(settings.broker_url, settings.queue_name) as (connection, channel):
         depths = {
             name: int(channel.queue_declare(name, passive=True).message_count)

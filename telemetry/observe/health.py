@@ -1,6 +1,6 @@
 """The worker's HTTP endpoints on ``METRICS_PORT``: ``/metrics``, ``/healthz`` and ``/readyz``.
 
-* ``/metrics``: the collector's Prometheus metrics (:mod:`telemetry.metrics`),
+* ``/metrics``: the collector's Prometheus metrics (:mod:`telemetry.observe.metrics`),
   summed over the pool's processes when the pool forks;
 * ``/healthz``: liveness, 200 whenever the process can answer at all; it
   never looks at the broker or the database, so an outage of either does
@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
-from telemetry import metrics
 from telemetry.config import Settings
 from telemetry.errors import BrokerUnavailable, StorageUnavailable, TelemetryError
-from telemetry.stats import STATS
+from telemetry.observe import metrics
+from telemetry.observe.stats import STATS
 
-logger = logging.getLogger("telemetry.health")
+logger = logging.getLogger("telemetry.observe.health")
 
 READY_TIMEOUT_S = 1.0
 """How long the database may take to answer the readiness ping."""

@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from celery import Celery
-from kombu import Connection
 from kombu.exceptions import OperationalError
 
+from telemetry.broker.connect import failover_connection
+from telemetry.broker.messages import TaskMessage, build_task_message
+from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.config import Settings
-from telemetry.dcgm import BadRow, CsvFormatError, Row, read_dcgm_csv
-from telemetry.errors import ConfigError
+from telemetry.dcgm import BadRow, Row, read_dcgm_csv
+from telemetry.errors import ConfigError, CsvFormatError
 from telemetry.models import format_timestamp
-from telemetry.progress import ProgressBar
-from telemetry.publisher import ConfirmingPublisher, TaskMessage, build_task_message
+from telemetry.streamer.progress import ProgressBar
 
-logger = logging.getLogger("telemetry.streamer")
+logger = logging.getLogger("telemetry.streamer.run")
 stats_logger = logging.getLogger("telemetry.stats")
 
 TimestampMode = Literal["now", "csv"]
@@ -216,63 +215,29 @@ class Streamer:
             pause = min(pause * 2, 5.0)
 
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
-
-
 def options_from(
     settings: Settings,
     paths: Sequence[Path],
-    loop: bool | None,
-    interval_s: float | None,
-    rate: float | None,
-    limit: int | None,
-    timestamps: TimestampMode,
-    max_backlog: int | None,
-    env: Mapping[str, str] | None = None,
+    rate: float | None = None,
+    limit: int | None = None,
+    timestamps: TimestampMode = "now",
 ) -> StreamOptions:
-    """Stream options with flag > environment (``CSV_PATH``, ``LOOP_MODE``, ``STREAM_INTERVAL``,
-    ``STREAM_MAX_BACKLOG``) > default precedence; raises :class:`ConfigError` on bad values."""
-    environ = os.environ if env is None else env
+    """Stream options from the settings (``CSV_PATH``, ``LOOP_MODE``, ``STREAM_INTERVAL``,
+    ``STREAM_MAX_BACKLOG``) and the flags that are not settings; raises :class:`ConfigError`."""
     if not paths:
-        csv_path = environ.get("CSV_PATH", "").strip()
-        if not csv_path:
+        if settings.csv_path is None:
             raise ConfigError("no CSV file given: pass PATHS or set CSV_PATH")
-        paths = [Path(csv_path)]
-    if loop is None:
-        word = environ.get("LOOP_MODE", "").strip().lower()
-        if word not in TRUE_WORDS | FALSE_WORDS:
-            raise ConfigError(f"invalid LOOP_MODE={word!r}: use true or false")
-        loop = word in TRUE_WORDS
-    if interval_s is None:
-        interval_s = _env_number(environ, "STREAM_INTERVAL", 0.0)
-    if max_backlog is None:
-        max_backlog = int(
-            _env_number(environ, "STREAM_MAX_BACKLOG", 100.0 * settings.queue_buffer_size)
-        )
+        paths = [settings.csv_path]
     return StreamOptions(
         paths=list(paths),
-        loop=loop,
-        interval_s=interval_s,
+        loop=settings.loop_mode,
+        interval_s=settings.stream_interval_s,
         rate=rate,
         limit=limit,
         timestamps=timestamps,
         instance_id=settings.instance_id,
-        max_backlog=max(1, max_backlog),
+        max_backlog=settings.max_backlog,
     )
-
-
-def _env_number(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"invalid {name}={raw!r}: not a number") from None
-    if value < 0:
-        raise ConfigError(f"invalid {name}={raw!r}: must not be negative")
-    return value
 
 
 class QueueBacklog:
@@ -283,7 +248,7 @@ class QueueBacklog:
     """
 
     def __init__(self, broker_url: str, queue_name: str) -> None:
-        self._connection = Connection(broker_url)
+        self._connection = failover_connection(broker_url)
         self._queue_name = queue_name
         self._channel: Any = None
 
@@ -317,12 +282,9 @@ def run_stream(
     compression: str | None = None,
     show_progress: bool | None = None,
     stop: threading.Event | None = None,
-    app: Celery | None = None,
+    print_report: bool = True,
 ) -> StreamReport:
     """Connect, stream, settle and print the summary; raises :class:`BrokerUnavailable`."""
-    from telemetry.celery_app import app as default_app
-
-    celery = app or default_app
     for path in options.paths:
         if not path.is_file():
             raise CsvFormatError(f"{path}: no such file")
@@ -333,7 +295,7 @@ def run_stream(
             total = min(total, options.limit)
         progress = ProgressBar(total, "streaming")
     publisher = ConfirmingPublisher(
-        Connection(settings.broker_url),
+        failover_connection(settings.broker_url),
         settings.queue_name,
         compression=compression,
         connect_retries=10,
@@ -345,7 +307,6 @@ def run_stream(
         streamer = Streamer(
             publisher,
             lambda row, stamp: build_task_message(
-                celery,
                 dict(row.point.wire(), timestamp=format_timestamp(stamp)),
                 row.metadata.known(),
             ),
@@ -359,7 +320,8 @@ def run_stream(
         backlog.close()
         publisher.close()
     stats_logger.info(STATS_MESSAGE, extra=report.stats_fields(options.instance_id))
-    print_summary(report, options)
+    if print_report:
+        print_summary(report, options)
     return report
 
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from telemetry.publisher import ConfirmingPublisher, TaskMessage
-from telemetry.queues import ERROR_HEADER, dead_queue, dead_queue_name, topology_channel
+from telemetry.broker.messages import TaskMessage
+from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import ERROR_HEADER, dead_queue, dead_queue_name, topology_channel
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ this process's :class:`CollectorMetrics`:
 
 * :func:`count_stat` mirrors a :class:`~telemetry.stats.Stats` counter (the
   worker subscribes it to ``STATS``, so every ``STATS.incr`` shows here too);
-* :func:`count_error` counts one rejected message by a bounded reason label
-  (see :func:`error_reason`);
+* :func:`count_error` counts one rejected message by its
+  :class:`~telemetry.errors.RejectionKind`, a bounded label;
 * :func:`observe_db_write` ``(seconds, batch_size)`` records one database
   commit: how long it took and how many points it wrote;
   :func:`db_write_timer` ``(batch_size)`` times a block and records it if the
@@ -26,7 +26,6 @@ values to files in one directory, and :func:`exposition` sums them
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -45,7 +44,11 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from telemetry.models import GpuMetadata, Point
+from telemetry.config import set_process_environment
+from telemetry.errors import RejectionKind
+
+# Where prometheus_client's multiprocess mode keeps its files; the library reads it.
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # Stats counter → (Prometheus counter, help). ``messages_errors`` is not here:
 # it is counted with its reason by count_error.
@@ -68,51 +71,9 @@ STAT_COUNTERS: dict[str, tuple[str, str]] = {
     ),
 }
 
-# The values of the ``reason`` label of telemetry_messages_errors_total.
-ERROR_REASONS = (
-    "invalid_point",
-    "invalid_metadata",
-    "invalid_arguments",
-    "undecodable",
-    "invalid_task",
-    "bad_shape",
-    "not_a_task",
-    "other",
-)
-
-# How the rejection texts of ingest and consumer begin, and the label each gets.
-_REASON_PREFIXES = (
-    ("cannot decode body", "undecodable"),
-    ("invalid task message", "invalid_task"),
-    ("malformed task message", "bad_shape"),
-    ("not a Celery task message", "not_a_task"),
-    ("unexpected task arguments", "invalid_arguments"),
-    ("expected at most", "invalid_arguments"),
-    ("arguments given twice", "invalid_arguments"),
-    ("point:", "invalid_point"),
-    ("metadata:", "invalid_metadata"),
-)
-
 LATENCY_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_WRITE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-
-
-def error_reason(reason: str) -> str:
-    """The bounded label for a free-text rejection reason (one of :data:`ERROR_REASONS`).
-
-    Validation errors name the bad field first (``value: must be finite``);
-    the field says whether the point or its metadata was wrong.
-    """
-    for prefix, label in _REASON_PREFIXES:
-        if reason.startswith(prefix):
-            return label
-    field = reason.split(":", 1)[0].split(".", 1)[0].strip()
-    if field in Point.model_fields:
-        return "invalid_point"
-    if field in GpuMetadata.model_fields:
-        return "invalid_metadata"
-    return "other"
 
 
 def seconds_since(moment: datetime, now: datetime | None = None) -> float:
@@ -136,9 +97,9 @@ class CollectorMetrics:
             ["reason"],
             registry=registry,
         )
-        for reason in ERROR_REASONS:
+        for kind in RejectionKind:
             # Every reason shows from the start, at 0, so rate() has a baseline.
-            self.errors.labels(reason=reason)
+            self.errors.labels(reason=kind.value)
         self.latency = Histogram(
             "telemetry_ingest_latency_seconds",
             "From the point's timestamp (set when it is published) to when it is stored.",
@@ -157,6 +118,12 @@ class CollectorMetrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
+        self.batched = Counter(
+            "telemetry_messages_batched",
+            "Messages settled by a batch commit rather than one task each; stays 0 with "
+            "BATCH_SIZE=1, and falling behind processed means batches fall back to tasks.",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "telemetry_messages_in_flight",
             "Messages being processed now.",
@@ -169,11 +136,6 @@ class CollectorMetrics:
 _lock = threading.Lock()
 _current = CollectorMetrics(CollectorRegistry(auto_describe=True))
 _multiprocess_dir: Path | None = None
-
-
-def current() -> CollectorMetrics:
-    """This process's metrics."""
-    return _current
 
 
 def reset() -> CollectorMetrics:
@@ -191,9 +153,9 @@ def count_stat(name: str, by: int = 1) -> None:
         counter.inc(by)
 
 
-def count_error(reason: str) -> None:
-    """Count one invalid message under the label :func:`error_reason` gives ``reason``."""
-    _current.errors.labels(reason=error_reason(reason)).inc()
+def count_error(kind: RejectionKind) -> None:
+    """Count one invalid message under its kind."""
+    _current.errors.labels(reason=kind.value).inc()
 
 
 def observe_latency(seconds: float) -> None:
@@ -213,6 +175,11 @@ def db_write_timer(batch_size: int) -> Iterator[None]:
     started = time.perf_counter()
     yield
     observe_db_write(time.perf_counter() - started, batch_size)
+
+
+def count_batched(n: int) -> None:
+    """``n`` messages were settled by one batch commit."""
+    _current.batched.inc(n)
 
 
 def in_flight_inc(n: int = 1) -> None:
@@ -236,7 +203,7 @@ def enable_multiprocess(directory: Path) -> None:
     """
     global _current, _multiprocess_dir
     with _lock:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        set_process_environment(MULTIPROC_DIR_VARIABLE, str(directory))
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         _multiprocess_dir = directory
         # Not the registry scraped: that one reads the files (see exposition).
@@ -251,7 +218,7 @@ def disable_multiprocess() -> None:
             return
         values.ValueClass.close_all_files()
         shutil.rmtree(_multiprocess_dir, ignore_errors=True)
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        set_process_environment(MULTIPROC_DIR_VARIABLE, None)
         values.ValueClass = values.MutexValue
         _multiprocess_dir = None
         _current = CollectorMetrics(CollectorRegistry(auto_describe=True))

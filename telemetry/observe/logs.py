@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
-LogFormat = Literal["auto", "json", "text"]
+from telemetry.config import LogFormat
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra``.
 _BLANK_RECORD = logging.LogRecord("", logging.INFO, "", 0, "", None, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +20,6 @@ from pymongo.errors import (
     BulkWriteError,
     CollectionInvalid,
     ConnectionFailure,
-    DuplicateKeyError,
     ExecutionTimeout,
     OperationFailure,
     PyMongoError,
@@ -38,7 +37,30 @@ TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 116
 RAW_MESSAGE_MAX_CHARS = 16_384
 DUPLICATE_KEY = 11000
 
-InsertOutcome = Literal["stored", "duplicate", "failed"]
+InsertOutcome = Literal["stored", "duplicate"] | StorageRejected
+"""What became of one document of a bulk insert; a refused document carries its error."""
+
+
+@dataclass(frozen=True)
+class RejectedMessage:
+    """An invalid message, as the ``rejected`` collection keeps it."""
+
+    reason: str
+    kind: str
+    message_id: str | None
+    raw: Any
+
+    def document(self, now: datetime) -> dict[str, Any]:
+        """The ``rejected`` document: the raw message cut to a bounded size."""
+        text = self.raw if isinstance(self.raw, str) else repr(self.raw)
+        return {
+            "reason": self.reason,
+            "kind": self.kind,
+            "message_id": self.message_id,
+            "raw": text[:RAW_MESSAGE_MAX_CHARS],
+            "truncated": len(text) > RAW_MESSAGE_MAX_CHARS,
+            "rejected_at": now,
+        }
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,20 @@ class GpuUpdate:
     def of(cls, point: Point, metadata: GpuMetadata) -> GpuUpdate:
         """What one point says of its GPU."""
         return cls(point.gpu_uuid, metadata.known(), point.timestamp, point.timestamp)
+
+    @classmethod
+    def merge(cls, points: Iterable[tuple[Point, GpuMetadata]]) -> list[GpuUpdate]:
+        """One update per GPU: the latest metadata and the span of its points' times.
+
+        This is the one GPU merge rule: a batch of one and a batch of many
+        both go through it.
+        """
+        merged: dict[str, GpuUpdate] = {}
+        for point, metadata in points:
+            update = cls.of(point, metadata)
+            known = merged.get(point.gpu_uuid)
+            merged[point.gpu_uuid] = update if known is None else known.merged(update)
+        return list(merged.values())
 
     def merged(self, later: GpuUpdate) -> GpuUpdate:
         """Both updates in one: the later metadata wins, the time span covers both."""
@@ -87,8 +123,6 @@ def translated_errors(action: str) -> Iterator[None]:
     """Turn pymongo errors into the collector's own, keeping the cause."""
     try:
         yield
-    except DuplicateKeyError:
-        raise
     except PyMongoError as exc:
         if is_transient(exc):
             raise StorageUnavailable(f"{action}: {exc}") from exc
@@ -139,42 +173,16 @@ class MongoTelemetryStore:
                 )
             self._indexes_ready = True
 
-    def upsert_gpu(self, point: Point, metadata: GpuMetadata, now: datetime) -> None:
-        """Record the GPU with what this message knows of it; idempotent."""
-        update = GpuUpdate.of(point, metadata)
-        with translated_errors("upserting GPU"):
-            self._db["gpus"].update_one({"_id": update.gpu_uuid}, update.spec(now), upsert=True)
-
-    def insert_point(self, point: Point, metadata: GpuMetadata, now: datetime) -> bool:
-        """Store one point; return False when it was stored before (a duplicate)."""
+    def record_rejected(self, rejections: Sequence[RejectedMessage]) -> None:
+        """Keep invalid messages where an operator can see them, in one write."""
+        if not rejections:
+            return
         self.ensure_indexes()
-        document = point_document(point, metadata, now)
-        with translated_errors("storing point"):
-            try:
-                self._db["telemetry"].insert_one(document)
-            except DuplicateKeyError:
-                return False
-        return True
-
-    def record_rejected(self, reason: str, message_id: str | None, raw: Any) -> None:
-        """Keep an invalid message where an operator can see it."""
-        self.ensure_indexes()
-        text = raw if isinstance(raw, str) else repr(raw)
-        with translated_errors("recording rejected message"):
-            self._db["rejected"].insert_one(
-                {
-                    "reason": reason,
-                    "message_id": message_id,
-                    "raw": text[:RAW_MESSAGE_MAX_CHARS],
-                    "truncated": len(text) > RAW_MESSAGE_MAX_CHARS,
-                    "rejected_at": datetime.now(UTC),
-                }
+        now = datetime.now(UTC)
+        with translated_errors("recording rejected messages"):
+            self._db["rejected"].insert_many(
+                [rejection.document(now) for rejection in rejections], ordered=False
             )
-
-    def ping(self) -> None:
-        """Raise :class:`StorageUnavailable` unless the server answers."""
-        with translated_errors("ping"):
-            self._db.client.admin.command("ping")
 
     def upsert_gpus(self, updates: Sequence[GpuUpdate], now: datetime) -> None:
         """Apply many GPU upserts in one unordered bulk write; all-or-error."""
@@ -189,8 +197,8 @@ class MongoTelemetryStore:
     def insert_points(self, documents: Sequence[dict[str, Any]]) -> list[InsertOutcome]:
         """Insert many ``telemetry`` documents unordered; one outcome per document.
 
-        A duplicate key is ``"duplicate"``; any other per-document error is
-        ``"failed"`` with the others still written. Errors that leave the
+        A duplicate key is ``"duplicate"``; any other per-document error is a
+        :class:`StorageRejected` naming it, with the others still written. Errors that leave the
         outcome of the whole write unknown (connection loss, write concern)
         raise, as for a single insert.
         """
@@ -206,8 +214,11 @@ class MongoTelemetryStore:
                 if details.get("writeConcernErrors"):
                     raise StorageUnavailable(f"storing points: {exc}") from exc
                 for error in details.get("writeErrors", []):
-                    duplicate = error.get("code") == DUPLICATE_KEY
-                    outcomes[error["index"]] = "duplicate" if duplicate else "failed"
+                    outcomes[error["index"]] = (
+                        "duplicate"
+                        if error.get("code") == DUPLICATE_KEY
+                        else StorageRejected(f"storing point: {error.get('errmsg', error)}")
+                    )
         return outcomes
 
 
@@ -217,7 +228,7 @@ def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[s
     The ``_id`` is the point's identity (GPU, metric, time), so a redelivered
     message stores nothing twice. Keeping it in ``_id`` rather than in a
     unique index of its own saves one index update per insert: about 1.5-2x
-    the insert rate on SecantusDB (README, "Performance").
+    the insert rate on SecantusDB (docs/storage.md).
     """
     document: dict[str, Any] = {
         "_id": {

@@ -1,0 +1,271 @@
+"""``telemetry demo``: the whole pipeline in one process tree, with no servers installed.
+
+An embedded SecantusDB server (a separate process) stands in for MongoDB,
+kombu's in-memory transport for RabbitMQ, and a Celery worker runs in a
+thread of this process with the same task code as ``celery -A telemetry
+worker``. ``CELERY_BROKER_URL`` and ``MONGODB_URI``, when set, are used instead.
+
+The points keep the CSV's own times by default, so what the demo shows is
+what the file says; a second run over the same data directory stores
+nothing new and says so (every point is a counted duplicate).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from telemetry.broker.topology import queue_consumers
+from telemetry.config import Settings, masked
+from telemetry.demo.embedded import SecantusServer
+from telemetry.errors import BrokerUnavailable, TelemetryError
+from telemetry.observe.stats import STATS
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.streamer.progress import ProgressBar
+from telemetry.streamer.run import StreamOptions, StreamReport, TimestampMode, run_stream
+from telemetry.worker import runtime
+from telemetry.worker.app import apply_settings
+from telemetry.worker.celery_internals import stoppable_worker_thread
+
+DEMO_WORKER_THREADS = 4
+# A bare "memory://" makes kombu warn that no host name was given.
+IN_PROCESS_BROKER = "memory://localhost/"
+# How long the demo waits without any point settling before it says why and gives up.
+STALL_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def embedded_worker(settings: Settings, threads: int = DEMO_WORKER_THREADS) -> Iterator[None]:
+    """Run a Celery worker in a thread of this process until the block ends (warm shutdown)."""
+    from telemetry.worker.app import app
+
+    app.conf.broker_url = settings.broker_url
+    # Nobody watches events in the demo, and the in-memory broker would only keep them.
+    app.conf.worker_send_task_events = False
+    concurrency = apply_settings(app, settings, threads)
+    ready = threading.Event()
+    worker = app.WorkController(
+        pool_cls="threads",
+        concurrency=concurrency,
+        loglevel="WARNING",
+        hostname=f"telemetry@{settings.instance_id}",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        ready_callback=lambda consumer: ready.set(),
+    )
+    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
+    with stoppable_worker_thread() as stop_worker:
+        thread.start()
+        if not ready.wait(30):
+            raise TelemetryError(
+                f"the embedded worker did not start on {masked(settings.broker_url)}"
+            )
+        try:
+            yield
+        finally:
+            stop_worker()
+            thread.join(60)
+
+
+def settled_count() -> int:
+    """Messages the worker brought to a final outcome, dead letters included."""
+    counts = STATS.snapshot()
+    return counts["messages_processed"] + counts["dead_lettered"]
+
+
+def wait_until_settled(
+    expected: int,
+    show_progress: bool,
+    stop: threading.Event,
+    why_stalled: Callable[[], str],
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> str | None:
+    """Wait until ``expected`` messages are settled; None when they are, else why not.
+
+    Gives up when nothing settles for ``stall_timeout_s``, and asks
+    ``why_stalled`` for the reason to show.
+    """
+    progress = ProgressBar(expected, "storing  ", unit="points") if show_progress else None
+    last_seen, last_change = -1, time.monotonic()
+    problem: str | None = None
+    while True:
+        settled = settled_count()
+        if progress is not None:
+            progress.update(min(settled, expected))
+        if settled >= expected:
+            break
+        if settled != last_seen:
+            last_seen, last_change = settled, time.monotonic()
+        if stop.is_set():
+            problem = "stopped before every point was stored"
+            break
+        if time.monotonic() - last_change > stall_timeout_s:
+            problem = f"no point stored for {stall_timeout_s:.0f}s: {why_stalled()}"
+            break
+        time.sleep(0.05)
+    if progress is not None:
+        progress.finish()
+    return problem
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo did, for its closing summary."""
+
+    report: StreamReport
+    counts: dict[str, int]
+    new_points: int
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        """Every valid row stored: confirmed = stored + duplicates, nothing failed, and the
+        database holds as many new points as the worker says it stored."""
+        counts = self.counts
+        return (
+            self.problem is None
+            and self.report.confirmed == self.report.rows_sent
+            and counts["telemetry_stored"] + counts["duplicates"] == self.report.confirmed
+            and counts["messages_errors"] == 0
+            and counts["dead_lettered"] == 0
+            and self.new_points == counts["telemetry_stored"]
+        )
+
+    def summary(self) -> list[str]:
+        """The closing lines, in words."""
+        report, counts = self.report, self.counts
+        lines = [
+            f"{'OK' if self.ok else 'INCOMPLETE'}: {report.rows_sent:,} points sent, "
+            f"{report.confirmed:,} confirmed by the broker, {counts['telemetry_stored']:,} "
+            f"stored ({self.new_points:,} new documents in the database)",
+        ]
+        if counts["duplicates"]:
+            lines.append(
+                f"  {counts['duplicates']:,} were stored already (an earlier run over the same "
+                "data): counted as duplicates, not stored twice"
+            )
+        lines.append(
+            f"  invalid: {counts['messages_errors']:,}   dead-lettered: "
+            f"{counts['dead_lettered']:,}   bad CSV rows skipped: {report.errors:,}   "
+            f"retries: {counts['retries']:,}"
+        )
+        lines.append(
+            f"  GPU record writes: {counts['gpus_stored']:,} (a GPU's record is written when "
+            "a batch brings news of it: first sight, new metadata or a later last_seen; "
+            "batches in flight together may each write it)"
+        )
+        if self.problem is not None:
+            lines.append(f"  why: {self.problem}")
+        return lines
+
+
+def print_tables(store: MongoTelemetryStore, gpus_shown: int = 3) -> None:
+    """GPUs per host, and the latest value of each metric for a few GPUs."""
+    database = store.database
+    hosts = Counter(
+        doc.get("hostname") or "(unknown)" for doc in database["gpus"].find({}, {"hostname": 1})
+    )
+    print(f"\nGPUs per host ({len(hosts)} hosts, {sum(hosts.values())} GPUs)")
+    for host, count in sorted(hosts.items()):
+        print(f"  {host:<40} {count:>4}")
+    uuids = sorted(doc["_id"] for doc in database["gpus"].find({}, {"_id": 1}))[:gpus_shown]
+    for uuid in uuids:
+        gpu = database["gpus"].find_one({"_id": uuid}) or {}
+        print(
+            f"\nLatest values of {uuid} ({gpu.get('model_name', '?')} "
+            f"on {gpu.get('hostname', '?')})"
+        )
+        for metric in sorted(database["telemetry"].distinct("metric_name", {"gpu_uuid": uuid})):
+            latest: dict[str, Any] | None = database["telemetry"].find_one(
+                {"gpu_uuid": uuid, "metric_name": metric}, sort=[("timestamp", -1)]
+            )
+            if latest is not None:
+                print(
+                    f"  {metric:<36} {latest['value']:>12g}   "
+                    f"{latest['timestamp']:%Y-%m-%d %H:%M:%S}Z"
+                )
+
+
+def stall_diagnosis(settings: Settings) -> Callable[[], str]:
+    """Why points stop arriving: on a real broker, usually another worker on the same queue."""
+
+    def diagnose() -> str:
+        if settings.broker_url.startswith("memory://"):
+            return "the embedded worker stopped taking points; run with -v to see its log"
+        try:
+            consumers = queue_consumers(settings.broker_url, settings.queue_name)
+        except BrokerUnavailable as exc:
+            return f"the broker stopped answering ({exc})"
+        if consumers > 1:
+            return (
+                f"another worker on queue {settings.queue_name!r} is taking points "
+                f"({consumers} consumers); stop it, or set TELEMETRY_QUEUE to a queue of "
+                "the demo's own"
+            )
+        return "the worker stopped taking points; run with -v to see its log"
+
+    return diagnose
+
+
+def run_demo(
+    settings: Settings,
+    csv_path: Path,
+    data_dir: Path,
+    limit: int | None,
+    show_progress: bool | None,
+    stop: threading.Event,
+    timestamps: TimestampMode = "csv",
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> bool:
+    """Run the pipeline over ``csv_path``; True if every valid row was stored."""
+    started = time.monotonic()
+    progress = show_progress if show_progress is not None else ProgressBar.wanted()
+    server: SecantusServer | None = None
+    if not settings.given("mongodb_uri"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = SecantusServer(data_dir.resolve(), log_path=data_dir.resolve() / "secantus.log")
+        print(f"Database: embedded SecantusDB on {server.uri}, data in {data_dir.resolve()}")
+        server.start()
+        settings = settings.model_copy(update={"mongodb_uri": server.uri})
+    else:
+        print(f"Database: {masked(settings.mongodb_uri)}")
+    broker = settings.broker_url if settings.given("broker_url") else IN_PROCESS_BROKER
+    settings = settings.model_copy(update={"broker_url": broker})
+    in_process = " (in-process)" if broker == IN_PROCESS_BROKER else ""
+    print(f"Broker:   {masked(broker)}{in_process}")
+    try:
+        STATS.reset()
+        since = datetime.now(UTC)
+        with embedded_worker(settings):
+            store = runtime.store()
+            store.ensure_indexes()
+            options = StreamOptions(
+                paths=[csv_path],
+                limit=limit,
+                instance_id=settings.instance_id,
+                timestamps=timestamps,
+            )
+            report = run_stream(settings, options, show_progress=progress, stop=stop)
+            problem = wait_until_settled(
+                report.confirmed, progress, stop, stall_diagnosis(settings), stall_timeout_s
+            )
+        new_points = store.database["telemetry"].count_documents({"ingested_at": {"$gte": since}})
+        result = DemoResult(report, STATS.snapshot(), new_points, problem)
+        print_tables(store)
+        print()
+        for line in result.summary():
+            print(line)
+        print(f"Demo finished in {time.monotonic() - started:.1f}s")
+        return result.ok
+    finally:
+        runtime.STORE.reset()
+        if server is not None:
+            server.stop()

@@ -1,0 +1,259 @@
+"""Batch commits: many ``telemetry.ingest`` messages written in one bulk round trip.
+
+With ``BATCH_SIZE`` > 1 the task's execution strategy holds fresh messages in
+a buffer instead of starting a task for each. When the buffer holds
+``BATCH_SIZE`` messages, or its oldest has waited ``FLUSH_INTERVAL_MS``, the
+batch goes to the pool as one job, which runs the one write path
+(:func:`telemetry.worker.ingest.ingest`) on all of it. Then, per message:
+
+* stored, duplicate or rejected → the ack of that message alone, after the
+  write returned, and a ``task-received`` plus a ``task-succeeded`` event
+  (Flower shows it like any task, with the same result text);
+* failed (storage trouble for this message or the whole batch) → Celery's
+  own per-task path, which retries with backoff and dead-letters exactly as
+  with ``BATCH_SIZE=1``. Writes are idempotent, so a point a failed batch
+  did store is counted as a duplicate there.
+
+Retry copies (they carry an ETA or a retry count) take the per-task path
+from the start. Messages still buffered when the connection drops, or when
+the worker stops, were never acked: RabbitMQ redelivers them. Batched
+messages skip Celery's revoke and ``expires`` checks, which this collector
+does not use.
+
+Why a strategy and not a group commit in the task body: a task per message
+costs Celery's whole per-task machinery (request, trace, pool hand-off),
+which alone caps a worker near 1,000 tasks/s here, whatever the database
+does. The job runs on the worker's pool, so it works with threads and
+processes alike; docs/batch-commits.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from telemetry.observe import metrics
+from telemetry.observe.stats import STATS
+from telemetry.worker import runtime
+from telemetry.worker.celery_internals import (
+    Cancellable,
+    ConsumerPort,
+    Delivered,
+    MessageHandler,
+    make_strategy,
+    result_text,
+)
+from telemetry.worker.ingest import Delivery, ingest
+
+logger = logging.getLogger("telemetry.batching")
+
+# Per message of a batch: the task result text, or None for "take the per-task path".
+# Plain data, so a pool process can send it back.
+BatchResult = list[str | None]
+
+
+@dataclass
+class Pending:
+    """A message held in the buffer, with what is needed to settle it later."""
+
+    delivered: Delivered
+    delivery: Delivery
+    received: float  # monotonic, for the flush interval
+    received_at: float  # wall clock, for the task-received event
+
+    def received_event(self, name: str) -> dict[str, Any]:
+        """The ``task-received`` event fields Celery's own handler would send."""
+        headers = self.delivered.headers
+        return {
+            "timestamp": self.received_at,
+            "uuid": self.delivery.message_id,
+            "name": name,
+            "args": headers.get("argsrepr", ""),
+            "kwargs": headers.get("kwargsrepr", ""),
+            "root_id": headers.get("root_id"),
+            "parent_id": headers.get("parent_id"),
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+        }
+
+    def succeeded_event(self, result: str, runtime_s: float) -> dict[str, Any]:
+        """The ``task-succeeded`` event fields; the result reads as in the per-task path."""
+        return {
+            "uuid": self.delivery.message_id,
+            "result": result_text(result),
+            "runtime": runtime_s,
+        }
+
+
+def write_batch(deliveries: Sequence[Delivery]) -> BatchResult:
+    """The pool job: the one write path over a batch; never raises.
+
+    An unexpected error sends every message down the per-task path, which
+    reports it the way Celery reports any task error.
+    """
+    try:
+        outcomes = ingest(runtime.store(), STATS, deliveries, runtime.gpu_cache())
+    except Exception:  # any surprise: the per-task path handles each message
+        logger.exception("Batch of %d failed unexpectedly; each goes on alone", len(deliveries))
+        return [None] * len(deliveries)
+    return [outcome.describe() if outcome.settled else None for outcome in outcomes]
+
+
+class Batcher:
+    """The buffer between the consumer and the pool; thread-safe."""
+
+    def __init__(
+        self,
+        size: int,
+        flush_interval_s: float,
+        submit: Callable[[list[Pending]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self.flush_interval_s = flush_interval_s
+        self._submit = submit
+        self._clock = clock
+        self._buffer: list[Pending] = []
+        self._lock = threading.Lock()
+        self.timer: Cancellable | None = None  # the timer entry that calls flush_due
+
+    def add(self, pending: Pending) -> None:
+        """Buffer one message; hand a full batch to the pool."""
+        with self._lock:
+            self._buffer.append(pending)
+            batch = self._take() if len(self._buffer) >= self.size else None
+        if batch:
+            self._submit(batch)
+
+    def flush_due(self) -> None:
+        """Hand over the buffer if its oldest message has waited the flush interval."""
+        with self._lock:
+            due = bool(self._buffer) and (
+                self._clock() - self._buffer[0].received >= self.flush_interval_s
+            )
+            batch = self._take() if due else None
+        if batch:
+            self._submit(batch)
+
+    def discard(self) -> int:
+        """Stop the timer and forget the buffer, unsettled; return how many were in it."""
+        if self.timer is not None:
+            self.timer.cancel()
+        with self._lock:
+            dropped, self._buffer = len(self._buffer), []
+        return dropped
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buffer)
+
+    def _take(self) -> list[Pending]:
+        batch, self._buffer = self._buffer[: self.size], self._buffer[self.size :]
+        return batch
+
+
+def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> MessageHandler:
+    """The ``telemetry.ingest`` message handler: Celery's own, or batching in front of it."""
+    settings = runtime.current_settings()
+    if settings.batch_size <= 1:
+        return per_task
+
+    events = port.events()
+
+    def alone(pending: Pending) -> None:
+        """Celery's per-task path for one message, on the consumer's thread like all its calls."""
+        try:
+            pending.delivered.hand_to(per_task)
+        except Exception:
+            logger.exception(
+                "Message %s could not take the task path; requeued", pending.delivery.message_id
+            )
+            if not pending.delivered.acknowledged:
+                pending.delivered.requeue()
+
+    def settle(batch: list[Pending], results: Any, started: float) -> None:
+        if not isinstance(results, list) or len(results) != len(batch):
+            # The job died (a lost pool process, say): each message goes on alone.
+            logger.error("Batch of %d ended without results: %r", len(batch), results)
+            results = [None] * len(batch)
+        # In flight from buffering until here; a message handed to the per-task
+        # path is counted there again, by the worker's task signals.
+        metrics.in_flight_dec(len(batch))
+        paired = list(zip(batch, results, strict=True))
+        done = [(pending, result) for pending, result in paired if result is not None]
+        for pending, _ in done:
+            pending.delivered.ack()
+        for pending, result in paired:
+            if result is None:
+                port.call_soon(alone, pending)
+        metrics.count_batched(len(done))
+        # Events only for messages settled here: the per-task path sends its own,
+        # so a message never shows as received twice.
+        runtime_s = time.monotonic() - started
+        events.send(
+            [("task-received", pending.received_event(task.name)) for pending, _ in done]
+            + [("task-succeeded", pending.succeeded_event(r, runtime_s)) for pending, r in done]
+        )
+
+    def submit(batch: list[Pending]) -> None:
+        # A buffer only ever holds deliveries of one channel (see below). Once it
+        # closed they cannot be acked any more, and RabbitMQ redelivers them.
+        if not batch[0].delivered.channel_open:
+            metrics.in_flight_dec(len(batch))
+            logger.info("Dropped %d buffered messages of a lost connection", len(batch))
+            return
+        started = time.monotonic()
+        try:
+            port.run_in_pool(
+                write_batch,
+                ([pending.delivery for pending in batch],),
+                on_result=lambda results: settle(batch, results, started),
+                on_error=lambda exc: settle(batch, exc, started),
+            )
+        except Exception:
+            # Never strand a batch: each message goes on alone.
+            logger.exception("Could not hand a batch of %d to the pool", len(batch))
+            settle(batch, None, started)
+
+    # The previous strategy's buffer holds deliveries of a lost channel only:
+    # RabbitMQ redelivers them.
+    batcher = Batcher(settings.batch_size, settings.flush_interval_ms / 1000, submit)
+    previous: Batcher | None = port.swap_slot(batcher)
+    if previous is not None:
+        metrics.in_flight_dec(previous.discard())
+    # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
+    batcher.timer = port.every(min(batcher.flush_interval_s / 4, 0.02), batcher.flush_due)
+    logger.info(
+        "Batch commits: up to %d points per write, flushed after %d ms",
+        settings.batch_size,
+        settings.flush_interval_ms,
+    )
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> Any:
+        delivered = port.delivered(message, body, ack, reject, callbacks)
+        headers = delivered.headers
+        if headers.get("eta") or headers.get("retries"):
+            return delivered.hand_to(per_task)
+        # The consumer checked the body's shape before any strategy sees it.
+        args, kwargs = delivered.decode()
+        metrics.in_flight_inc()
+        batcher.add(
+            Pending(
+                delivered,
+                Delivery(str(headers["id"]), args, kwargs),
+                time.monotonic(),
+                time.time(),
+            )
+        )
+        return None
+
+    return handle
+
+
+batch_strategy = make_strategy(build_handler)
+"""The ``Strategy`` of the ingest task (``IngestTask.Strategy`` names it)."""

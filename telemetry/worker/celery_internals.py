@@ -1,0 +1,408 @@
+"""The one door to Celery's and kombu's internals. No other module touches them.
+
+The collector relies on these private or semi-private parts of Celery 5.7
+(pinned to ``celery>=5.7,<5.8`` in pyproject.toml for that reason); each is
+used only in this module:
+
+* ``celery.worker.strategy.default``: Celery's per-task message handler,
+  which the batch path sits in front of (:func:`celery_task_handler`), and
+  the strategy signature ``(task, app, consumer, **options)`` returning
+  ``handle(message, body, ack, reject, callbacks)``, with ``ack`` and
+  ``reject`` the consumer's ``ack_log_error`` / ``reject_log_error`` promises;
+* the worker consumer (``celery.worker.consumer.Consumer``): its ``pool``
+  (``apply_async`` with callbacks), ``timer.call_repeatedly``,
+  ``call_soon``, ``connection_errors``, ``event_dispatcher``,
+  ``create_task_handler`` (wrapped to see every message first),
+  ``connection_for_write`` / ``ensure_connected``, and the hooks
+  ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
+  ``on_unknown_task``;
+* the event dispatcher's ``mutex``, ``producer``, ``exchange``, ``clock``,
+  ``hostname``, ``pid``, ``serializer``, ``headers`` and ``delivery_mode``,
+  to send a batch's task events as one ``task.multi`` message, the way
+  Celery's own buffered events are sent (``celery.events.Event``,
+  ``celery.utils.time.utcoffset``);
+* ``celery.worker.state.should_stop``, to stop a worker run in a thread;
+* ``celery.apps.worker.Worker`` (``emit_banner``,
+  ``install_platform_tweaks``, ``install_worker_term_handler``) and
+  ``celery.utils.nodenames`` (the default node name), for the worker class;
+* ``celery.concurrency.prefork.TaskPool``, to tell whether the pool forks;
+* ``celery.utils.saferepr.saferepr``, so a batch's task results read in
+  Flower exactly as the per-task path's do (Celery's ``resultrepr_maxsize``);
+* ``celery.utils.imports.import_from_cwd``, to find the user's ``celeryconfig``
+  in the working directory the way Celery finds config modules.
+
+``tests/test_celery_internals.py`` checks that each of them is still where
+this module expects it, so a Celery upgrade that moves one fails a test
+instead of silently falling back to slower paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Protocol
+
+from celery.apps import worker as celery_apps_worker
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.events import Event
+from celery.utils.imports import import_from_cwd
+from celery.utils.nodenames import default_nodename, host_format
+from celery.utils.saferepr import saferepr
+from celery.utils.time import utcoffset
+from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer
+from celery.worker.strategy import default as default_strategy
+from kombu.exceptions import ContentDisallowed, DecodeError
+
+logger = logging.getLogger("telemetry.celery")
+
+# What `celery worker` passes as the node name when -n is not given.
+CELERY_DEFAULT_NODENAME: str = host_format(default_nodename(None))
+# Celery's routing key for a message that carries a list of events.
+MULTI_EVENT_ROUTING_KEY = "task.multi"
+
+MessageHandler = Callable[..., Any]
+"""A task's message handler: ``handle(message, body, ack, reject, callbacks)``."""
+
+
+class Cancellable(Protocol):
+    """A timer entry."""
+
+    def cancel(self) -> None: ...
+
+
+class Delivered:
+    """A task message handed to a strategy, with the means to settle it."""
+
+    __slots__ = ("_ack", "_body", "_callbacks", "_connection_errors", "_reject", "message")
+
+    def __init__(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, errors: Any
+    ) -> None:
+        self.message = message
+        self._body = body
+        self._ack = ack
+        self._reject = reject
+        self._callbacks = callbacks
+        self._connection_errors = errors
+
+    @property
+    def headers(self) -> Mapping[str, Any]:
+        """The protocol-2 task headers."""
+        headers: Mapping[str, Any] = self.message.headers
+        return headers
+
+    @property
+    def channel_open(self) -> bool:
+        """Whether the channel it came on is still open (only then can it be acked)."""
+        # kombu's in-memory channel has no is_open; it never closes under a worker.
+        return bool(getattr(self.message.channel, "is_open", True))
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether it was acked or rejected already."""
+        return bool(self.message.acknowledged)
+
+    def decode(self) -> tuple[Any, Any]:
+        """The task's args and kwargs (protocol 2 body ``[args, kwargs, embed]``)."""
+        args, kwargs, _embed = self.message.decode()
+        return args, kwargs
+
+    def ack(self) -> None:
+        """Ack on the consumer's thread, logging a connection error instead of raising it."""
+        self._ack(logger, self._connection_errors)
+
+    def requeue(self) -> None:
+        """Give it back to the queue."""
+        self._reject(logger, self._connection_errors, requeue=True)
+
+    def hand_to(self, handler: MessageHandler) -> Any:
+        """Run Celery's own handler on it, as if it had never been held."""
+        return handler(self.message, self._body, self._ack, self._reject, self._callbacks)
+
+
+class ConsumerPort:
+    """What the batch path needs of Celery's worker consumer, and nothing more."""
+
+    # The attribute that keeps one object per consumer across strategy rebuilds.
+    _SLOT = "telemetry_slot"
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+
+    def delivered(
+        self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any
+    ) -> Delivered:
+        """Wrap a message a strategy was handed."""
+        return Delivered(message, body, ack, reject, callbacks, self._consumer.connection_errors)
+
+    def run_in_pool(
+        self,
+        job: Callable[..., Any],
+        args: tuple[Any, ...],
+        on_result: Callable[[Any], None],
+        on_error: Callable[[Any], None],
+    ) -> None:
+        """Run ``job(*args)`` on the worker's pool (threads or processes); callbacks after."""
+        self._consumer.pool.apply_async(job, args=args, callback=on_result, error_callback=on_error)
+
+    def call_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        """Run ``function(*args)`` on the consumer's own thread, where Celery's calls belong."""
+        self._consumer.call_soon(function, *args)
+
+    def every(self, seconds: float, function: Callable[[], None]) -> Cancellable:
+        """Call ``function`` every ``seconds`` on the consumer's timer."""
+        entry: Cancellable = self._consumer.timer.call_repeatedly(seconds, function)
+        return entry
+
+    def events(self) -> TaskEventSender:
+        """A sender of task events through this worker's event dispatcher."""
+        return TaskEventSender(getattr(self._consumer, "event_dispatcher", None))
+
+    def swap_slot(self, value: Any) -> Any:
+        """Keep ``value`` on the consumer; return what was kept before (None the first time).
+
+        Celery builds strategies anew after every reconnect, on the same
+        consumer; this is how the new one finds the old one's state.
+        """
+        previous = getattr(self._consumer, self._SLOT, None)
+        setattr(self._consumer, self._SLOT, value)
+        return previous
+
+
+def celery_task_handler(task: Any, app: Any, consumer: Any, **options: Any) -> MessageHandler:
+    """Celery's own per-task message handler for ``task``."""
+    handler: MessageHandler = default_strategy(task, app, consumer, **options)
+    return handler
+
+
+def make_strategy(
+    build: Callable[[Any, MessageHandler, ConsumerPort], MessageHandler],
+) -> Callable[..., MessageHandler]:
+    """A task ``Strategy``: ``build(task, celery_handler, port)`` returns the message handler."""
+
+    def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> MessageHandler:
+        return build(
+            task, celery_task_handler(task, app, consumer, **options), ConsumerPort(consumer)
+        )
+
+    return strategy
+
+
+class TaskEventSender:
+    """Sends many task events as one event message, as Celery's buffered events are sent.
+
+    Flower (through Celery's event receiver) accepts a message whose body is
+    a list of events; a batch's events go out as one message, which costs one
+    JSON encoding and one publish per batch. Events are advisory: a failure
+    to send them is logged, never raised into the ingest path.
+    """
+
+    def __init__(self, dispatcher: Any) -> None:
+        self._dispatcher = dispatcher
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the worker sends task events at all (``-E``, on by default here)."""
+        return bool(self._dispatcher is not None and self._dispatcher.enabled)
+
+    def send(self, each: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """One event per (type, fields), in order, all in one message."""
+        if not self.enabled:
+            return
+        dispatcher = self._dispatcher
+        offset = utcoffset()
+        events = [
+            Event(
+                type_,
+                hostname=dispatcher.hostname,
+                utcoffset=offset,
+                pid=dispatcher.pid,
+                clock=dispatcher.clock.forward(),
+                **fields,
+            )
+            for type_, fields in each
+        ]
+        if not events:
+            return
+        try:
+            with dispatcher.mutex:
+                producer = dispatcher.producer
+                if producer is None:
+                    return
+                producer.publish(
+                    events,
+                    routing_key=MULTI_EVENT_ROUTING_KEY,
+                    exchange=dispatcher.exchange.name,
+                    declare=[dispatcher.exchange],
+                    serializer=dispatcher.serializer,
+                    headers=dispatcher.headers,
+                    delivery_mode=dispatcher.delivery_mode,
+                )
+        except Exception as exc:  # advisory: never fail the ingest path over an event
+            logger.warning("Could not send %d task events: %s", len(events), exc)
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, reporting every message to :meth:`on_arrival` first and every
+    bad one to :meth:`on_bad_message`, instead of only logging it.
+
+    Celery acks a message it cannot decode and only logs it; a disallowed
+    content type or a message without a task header is rejected; and a JSON
+    body that is not ``[args, kwargs, embed]`` makes its request parsing
+    raise in the consumer itself, which stops the whole worker
+    ("Unrecoverable error", seen with ``{"a": 1}``). Subclasses decide.
+    """
+
+    def on_arrival(self, message: Any) -> None:
+        """Called once for every message taken from the queue."""
+
+    def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
+        """Called for a message that can never become a task; it is not settled yet."""
+        raise NotImplementedError
+
+    def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
+        """The connection task events are sent on, without publisher confirms.
+
+        Every pool thread sends its task events over this one connection.
+        With ``confirm_publish`` on, a thread waiting for its confirm reads
+        frames meant for the others, and the threads pool deadlocks (seen
+        here after a few dozen tasks). Events are advisory (Flower); the
+        messages that carry data, task retries, keep their confirms.
+        """
+        connection = self.app.connection_for_write(
+            url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
+        )
+        return self.ensure_connected(connection)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Celery's message handler, seeing every message first and safe against bad shapes."""
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            self.on_arrival(message)
+            problem = body_shape_problem(message)
+            if problem is not None:
+                self.on_bad_message(message, f"malformed task message: {problem}", "bad_shape")
+                return None
+            try:
+                return handle(message)
+            except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+                self.on_bad_message(message, f"malformed task message: {exc!r}", "bad_shape")
+                return None
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """A body that is not valid for its content type."""
+        self.on_bad_message(message, f"cannot decode body: {exc}", "undecodable")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A disallowed content type or a malformed task message."""
+        self.on_bad_message(message, f"invalid task message: {exc}", "invalid_task")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """A message that is not a Celery task at all."""
+        self.on_bad_message(message, "not a Celery task message (no task header)", "not_a_task")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task name this worker does not know: Celery dead-letters it (valid elsewhere)."""
+        self.on_unknown_task_name(message)
+        super().on_unknown_task(body, message, exc)
+
+    def on_unknown_task_name(self, message: Any) -> None:
+        """Called before Celery rejects a message for a task this worker does not know."""
+
+
+def body_shape_problem(message: Any) -> str | None:
+    """Why a protocol-2 task body is not ``[args, kwargs, embed]``, or None if it is.
+
+    Bodies that cannot be decoded at all are left to Celery, which reports
+    them through :meth:`GuardedConsumer.on_decode_error`.
+    """
+    if not isinstance(message.headers, dict) or "task" not in message.headers:
+        return None
+    try:
+        body = message.decode()
+    except (ValueError, DecodeError, ContentDisallowed):
+        return None
+    if not isinstance(body, list | tuple) or len(body) != 3:
+        return "body must be [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "args must be a list"
+    if not isinstance(kwargs, dict):
+        return "kwargs must be an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "embed must be an object"
+    return None
+
+
+class BaseWorker(celery_apps_worker.Worker):  # type: ignore[misc]
+    """Celery's ``celery worker`` class, with a JSON start-up line instead of the banner."""
+
+    def json_logs(self) -> bool:
+        """Whether this process logs JSON; then the banner and term notice are log lines."""
+        return False
+
+    def emit_banner(self) -> None:
+        """Celery's banner on stdout; with JSON logs, one log line with the same facts."""
+        if not self.json_logs():
+            super().emit_banner()
+            return
+        pool = self.pool_cls if isinstance(self.pool_cls, str) else self.pool_cls.__module__
+        logging.getLogger("telemetry.worker").info(
+            "Worker %s starting",
+            self.hostname,
+            extra={
+                "node": self.hostname,
+                "broker": self.app.connection().as_uri(),
+                "queues": sorted(self.app.amqp.queues),
+                "concurrency": self.concurrency,
+                "pool": pool.rsplit(".", 1)[-1],
+                "task_events": bool(self.task_events),
+            },
+        )
+
+    def install_platform_tweaks(self, worker: Any) -> None:
+        """Celery's signal handlers; with JSON logs, SIGTERM prints no plain-text line."""
+        super().install_platform_tweaks(worker)
+        if self.json_logs():
+            # The shutdown is logged by the worker_shutting_down signal instead.
+            celery_apps_worker.install_worker_term_handler(worker, verbose=False)
+
+
+def pool_forks(pool_cls: Any) -> bool:
+    """Whether a worker's pool class runs tasks in forked processes."""
+    return isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool)
+
+
+@contextmanager
+def stoppable_worker_thread() -> Iterator[Callable[[], None]]:
+    """For a worker run in a thread of this process: yields ``stop()``, a warm shutdown."""
+
+    def stop() -> None:
+        worker_state.should_stop = 0
+
+    try:
+        yield stop
+    finally:
+        worker_state.should_stop = None
+
+
+def import_from_working_directory(name: str) -> ModuleType:
+    """Import module ``name`` from the working directory first, as Celery imports config."""
+    module: ModuleType = import_from_cwd(name)
+    return module
+
+
+# Celery's default resultrepr_maxsize: how long a result text in an event may be.
+RESULT_REPR_MAX_CHARS = 1024
+
+
+def result_text(result: Any) -> str:
+    """A task result as Celery writes it into a ``task-succeeded`` event."""
+    text: str = saferepr(result, RESULT_REPR_MAX_CHARS)
+    return text

@@ -1,0 +1,47 @@
+"""What the fault scenarios share: the accounting identity and running a command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo.database import Database
+
+from telemetry.broker.topology import dead_queue_name
+from tests.integration.conftest import queue_depth
+from tools.launchers import telemetry_command
+
+
+def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> str:
+    """Run a ``telemetry`` command that must succeed; return what it printed."""
+    result = telemetry_command(*args, env=env, timeout_s=timeout_s)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def stored(database: Database[Any]) -> int:
+    return database["telemetry"].count_documents({})
+
+
+def assert_accounted(
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+    published: int,
+    rejected: int = 0,
+    dead: int = 0,
+) -> None:
+    """published = stored + rejected + dead-lettered, each exactly as expected."""
+    counts = (
+        stored(database),
+        database["rejected"].count_documents({}),
+        queue_depth(broker_url, dead_queue_name(queue_name)),
+    )
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+    print(
+        f"\n[{test}] published={published} stored={counts[0]} rejected={counts[1]} "
+        f"dead-lettered={counts[2]}"
+    )
+    assert counts == (published - rejected - dead, rejected, dead)
+    assert sum(counts) == published

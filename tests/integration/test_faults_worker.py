@@ -1,0 +1,98 @@
+"""Fault injection on the worker: killed, or stopped mid-stream.
+
+Against real workers, the real RabbitMQ and SecantusDB processes.
+
+Each scenario checks the accounting identity with exact numbers:
+published = stored + rejected + dead-lettered, with no point stored twice
+(the point's ``_id`` makes a second copy impossible, so "stored" is compared
+with the number of distinct points published).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pymongo.database import Database
+
+from telemetry.broker.publisher import ConfirmingPublisher
+from tests.integration.conftest import make_points, publish_points, queue_depth
+from tests.integration.faults_support import assert_accounted, stored
+from tools.launchers import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.faults
+
+
+MID_STREAM_POINTS = 10_000
+
+
+def worker_mid_stream(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+) -> WorkerProcess:
+    """A worker that has stored at least 300 of a 10,000-point backlog."""
+    publish_points(publisher, make_points(MID_STREAM_POINTS))
+    worker = start_worker()
+    wait_for(lambda: stored(database) >= 300, 60, "some progress", lambda: stored(database))
+    return worker
+
+
+def drain_with_a_new_worker(
+    start_worker: Callable[..., WorkerProcess],
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    """A second worker stores the rest: every point once, nothing left or dead."""
+    second = start_worker()
+    wait_for(
+        lambda: stored(database) == MID_STREAM_POINTS, 120, "all points", lambda: stored(database)
+    )
+    second.stop()
+    assert_accounted(database, broker_url, queue_name, published=MID_STREAM_POINTS)
+    assert queue_depth(broker_url, queue_name) == 0
+
+
+def test_worker_killed_mid_stream_and_restarted_stores_every_point_once(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given: a backlog large enough that batch commits are still at it when killed
+    first = worker_mid_stream(start_worker, publisher, database)
+    # when
+    first.stop(signal.SIGKILL)
+    at_kill = stored(database)
+    # then
+    assert at_kill < MID_STREAM_POINTS
+    drain_with_a_new_worker(start_worker, database, broker_url, queue_name)
+
+
+def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses_nothing(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    # given
+    first = worker_mid_stream(start_worker, publisher, database)
+    # when: a warm shutdown mid-stream
+    exit_code = first.stop(signal.SIGTERM)
+    at_stop = stored(database)
+    final = first.last_stats()
+    # then: a clean exit; every message is either stored or back in the queue,
+    # and the worker's own count of stored points matches the database
+    print(
+        f"\nSIGTERM: exit {exit_code}, {at_stop} stored, {queue_depth(broker_url, queue_name)} back"
+    )
+    assert exit_code == 0
+    assert at_stop < MID_STREAM_POINTS
+    assert final["telemetry_stored"] == at_stop
+    assert at_stop + queue_depth(broker_url, queue_name) >= MID_STREAM_POINTS
+    drain_with_a_new_worker(start_worker, database, broker_url, queue_name)

@@ -1,0 +1,70 @@
+"""Everything derived from the settings declaration stays in step with it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from telemetry.cli import STREAM_FLAGS, stream
+from telemetry.config import ENV_NAMES, flag_fields, flag_name, load_settings
+from tools import config_docs
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+
+def test_docs_configuration_page_is_generated_from_the_declaration() -> None:
+    committed = config_docs.OUTPUT.read_text()
+    assert committed == config_docs.render(), "docs/configuration.md is stale: make config-docs"
+
+
+def test_every_variable_in_the_readme_table_is_declared_and_means_the_same() -> None:
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| `")]
+    named = {match.group(1) for row in rows if (match := re.match(r"\| `([A-Z_]+)`", row))}
+    assert named, "the README has no configuration table"
+    assert named <= set(ENV_NAMES.values()), named - set(ENV_NAMES.values())
+
+
+def test_the_worker_takes_exactly_the_flags_declared_for_it() -> None:
+    from telemetry.worker.app import app
+
+    options = {
+        opt for option in app.user_options["worker"] for opt in option.opts if opt.startswith("--")
+    }
+    assert options == {flag_name(field) for field in flag_fields("worker")}
+
+
+def test_the_stream_command_takes_exactly_the_flags_declared_for_it() -> None:
+    assert set(STREAM_FLAGS) == set(flag_fields("stream"))
+    by_name = {parameter.name: parameter for parameter in stream.params}
+    for field, parameter in STREAM_FLAGS.items():
+        assert flag_name(field) in by_name[parameter].opts
+
+
+# A valid value for each setting that is not an int or a float, differing from its default.
+TEXT_SAMPLES = {
+    "instance_id": "sample",
+    "broker_url": "amqp://u:p@rabbit-1:5672//;amqp://u:p@rabbit-2:5672//",
+    "mongodb_uri": "mongodb://mongo-1:27017",
+    "mongodb_db": "sample",
+    "queue_name": "sample",
+    "log_format": "json",
+    "csv_path": "/data/sample.csv",
+    "loop_mode": "true",
+    "api_host": "0.0.0.0",
+    "api_token": "sample-token",
+    "mongo_timeout_ms": "700",
+}
+
+
+@pytest.mark.parametrize("field", sorted(ENV_NAMES))
+def test_each_declared_variable_is_read_into_its_setting(field: str) -> None:
+    raw = TEXT_SAMPLES.get(field, "7")
+    settings = load_settings(env={ENV_NAMES[field]: raw})
+    assert settings.given(field)
+    value = getattr(settings, field)
+    shown = value.get_secret_value() if field == "api_token" else value
+    assert str(shown) in (raw, "7.0", "True", "700")
+    assert not load_settings(env={ENV_NAMES[field]: "  "}).given(field)
