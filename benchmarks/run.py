@@ -11,7 +11,14 @@ Measures, each ``--repeats`` times, and prints medians as a table and JSON:
    ``live``  the streamer publishing as fast as it can while the worker stores;
    ``drain`` a backlog of every point queued first, then drained;
    ``paced`` the streamer publishing at ``--paced-rate`` (1,000/s), for latency;
-4. the streamer alone: publish rate with broker confirms.
+4. the streamer alone: publish rate with broker confirms;
+5. bare kombu baselines (benchmarks/bare.py), in the same run: a consumer that
+   drains the same backlog into MongoDB with bulk inserts and multiple-acks,
+   and a publisher with pipelined confirms. The worker's and the streamer's
+   CPU time per point are reported beside theirs, with the ratios.
+
+CPU per point is the process's CPU time (user + system, from /proc) from the
+moment it is ready or takes its first message to the last point stored.
 
 Everything runs on this machine: RabbitMQ on 127.0.0.1:5672 and a SecantusDB
 server this script starts. Run one benchmark at a time; the machine is small.
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -35,6 +43,7 @@ from typing import Any
 from kombu import Connection
 from pymongo import MongoClient
 
+from benchmarks import bare
 from benchmarks.noop import NOOP_TASK
 from telemetry.broker.messages import TaskMessage
 from telemetry.broker.publisher import ConfirmingPublisher
@@ -85,6 +94,13 @@ def start_worker(
 
 def stop(worker: WorkerProcess) -> None:
     worker.stop()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def rss_kb(pid: int) -> int:
@@ -176,6 +192,7 @@ def end_to_end(
     peak = rss_kb(worker.process.pid)
     already = settled(queue)
     started = time.monotonic()
+    cpu_at_start = process_cpu_s(worker.process.pid)
     try:
         if report is None:
             report = stream_points(queue, points, rate)
@@ -189,6 +206,7 @@ def end_to_end(
         # being measured.
         wait_until(lambda: settled(queue) >= points, 3600, sample)
         elapsed = time.monotonic() - started
+        worker_cpu_s = process_cpu_s(worker.process.pid) - cpu_at_start
     finally:
         stop(worker)
         delete_queues(queue)
@@ -208,6 +226,7 @@ def end_to_end(
         "latency_p99_ms": percentile(latencies, 99),
         "db_writes_per_point": ops / points,
         "worker_peak_rss_mb": peak / 1024,
+        "worker_cpu_us_per_point": worker_cpu_s / (points - already) * 1e6,
     }
 
 
@@ -246,14 +265,65 @@ def stream_points(queue: str, points: int, rate: float | None = None) -> StreamR
     return run_stream(settings, options, show_progress=False)
 
 
-def streamer_alone(points: int) -> float:
-    """Points per second the streamer publishes, with confirms, to a queue nobody reads."""
+def streamer_alone(points: int) -> dict[str, float]:
+    """The streamer publishing, with confirms, to a queue nobody reads: rate and CPU per point.
+
+    It runs in this process, so its CPU is this process's CPU time meanwhile.
+    """
     queue = f"bench.stream.{uuid.uuid4().hex[:8]}"
+    cpu_at_start = time.process_time()
     try:
         report = stream_points(queue, points)
     finally:
+        cpu_s = time.process_time() - cpu_at_start
         delete_queues(queue)
-    return report.rate
+    return {"points_per_s": report.rate, "cpu_us_per_point": cpu_s / points * 1e6}
+
+
+def bare_publisher(points: int) -> dict[str, float]:
+    """The bare kombu publisher with pipelined confirms (benchmarks/bare.py), same rows."""
+    queue = f"bench.bare-publish.{uuid.uuid4().hex[:8]}"
+    try:
+        return bare.publish(BROKER, queue, SAMPLE_CSV, points)
+    finally:
+        delete_queues(queue)
+
+
+def bare_drain(points: int, mongodb_uri: str, workdir: Path) -> dict[str, float]:
+    """The bare kombu consumer (benchmarks/bare.py) draining the streamer's backlog."""
+    queue = f"bench.bare.{uuid.uuid4().hex[:8]}"
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
+    client["bench"].drop_collection("telemetry")
+    client.close()
+    try:
+        stream_points(queue, points)
+        consumer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bare",
+                "--broker-url",
+                BROKER,
+                "--queue",
+                queue,
+                "--mongodb-uri",
+                mongodb_uri,
+                "--database",
+                "bench",
+                "--expect",
+                str(points),
+            ],
+            cwd=REPO,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=True,
+        )
+    finally:
+        delete_queues(queue)
+    figures: dict[str, float] = json.loads(consumer.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -300,7 +370,13 @@ def main() -> None:
             batch_size=max(batch_sizes),
             backlog=True,
         )
-    runs: dict[str, list[Any]] = {"noop": [], "storage": [], "stream": []}
+    runs: dict[str, list[Any]] = {
+        "noop": [],
+        "storage": [],
+        "stream": [],
+        "bare_publish": [],
+        "bare_drain": [],
+    }
     runs.update({name: [] for name in scenarios})
     with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
         for repeat in range(args.repeats):
@@ -308,6 +384,8 @@ def main() -> None:
             runs["noop"].append(noop_ceiling(args.points, server.uri, workdir))
             runs["storage"].append(storage_ceiling(args.points, server.uri, rows))
             runs["stream"].append(streamer_alone(args.points))
+            runs["bare_publish"].append(bare_publisher(args.points))
+            runs["bare_drain"].append(bare_drain(args.points, server.uri, workdir))
             for name, scenario in scenarios.items():
                 if name.startswith("e2e_backlog_") and repeat > 0:
                     continue
@@ -324,23 +402,42 @@ def main() -> None:
 def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str, Any]:
     noop = statistics.median(runs["noop"])
     storage = statistics.median(runs["storage"])
+
+    def medians(name: str) -> dict[str, float]:
+        return {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
+
+    stream, bare_publish, bare_drain = (
+        medians("stream"),
+        medians("bare_publish"),
+        medians("bare_drain"),
+    )
     result: dict[str, Any] = {
         "points": points,
         "repeats": repeats,
         "concurrency": CONCURRENCY,
         "noop_tasks_per_s": round(noop),
         "storage_docs_per_s": round(storage),
-        "streamer_points_per_s": round(statistics.median(runs["stream"])),
+        "streamer_points_per_s": round(stream["points_per_s"]),
+        "streamer_cpu_us_per_point": round(stream["cpu_us_per_point"], 1),
+        "bare_publisher_points_per_s": round(bare_publish["points_per_s"]),
+        "bare_publisher_cpu_us_per_point": round(bare_publish["cpu_us_per_point"], 1),
+        "streamer_cpu_ratio_to_bare": round(
+            stream["cpu_us_per_point"] / bare_publish["cpu_us_per_point"], 2
+        ),
+        "bare_drain_points_per_s": round(bare_drain["points_per_s"]),
+        "bare_drain_cpu_us_per_point": round(bare_drain["cpu_us_per_point"], 1),
         "end_to_end": {},
     }
     for name, measured in runs.items():
         if not name.startswith("e2e_"):
             continue
-        medians = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
-        medians["ratio_to_noop"] = medians["points_per_s"] / noop
-        medians["ratio_to_storage"] = medians["points_per_s"] / storage
+        row = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+        row["ratio_to_noop"] = row["points_per_s"] / noop
+        row["ratio_to_storage"] = row["points_per_s"] / storage
+        row["ratio_to_bare"] = row["points_per_s"] / bare_drain["points_per_s"]
+        row["cpu_ratio_to_bare"] = row["worker_cpu_us_per_point"] / bare_drain["cpu_us_per_point"]
         result["end_to_end"][name.removeprefix("e2e_")] = {
-            key: round(value, 3) for key, value in medians.items()
+            key: round(value, 3) for key, value in row.items()
         }
     return result
 
@@ -352,11 +449,26 @@ def print_table(result: dict[str, Any]) -> None:
     )
     print(f"  baseline: Celery no-op ceiling   {result['noop_tasks_per_s']:>8,} tasks/s")
     print(f"  baseline: storage (insert_many)  {result['storage_docs_per_s']:>8,} docs/s")
-    print(f"  streamer alone, with confirms    {result['streamer_points_per_s']:>8,} points/s")
+    print(
+        f"  baseline: bare kombu consumer    {result['bare_drain_points_per_s']:>8,} points/s  "
+        f"{result['bare_drain_cpu_us_per_point']:,.0f} us CPU/point"
+    )
+    print(
+        f"  baseline: bare kombu publisher   {result['bare_publisher_points_per_s']:>8,} points/s  "
+        f"{result['bare_publisher_cpu_us_per_point']:,.0f} us CPU/point"
+    )
+    print(
+        f"  streamer alone, with confirms    {result['streamer_points_per_s']:>8,} points/s  "
+        f"{result['streamer_cpu_us_per_point']:,.0f} us CPU/point "
+        f"(x{result['streamer_cpu_ratio_to_bare']:.2f} the bare publisher's)"
+    )
     for name, row in result["end_to_end"].items():
         print(
             f"  {name:<22} {row['points_per_s']:>8,.0f} points/s  "
-            f"(x{row['ratio_to_noop']:.2f} no-op, x{row['ratio_to_storage']:.2f} storage)  "
+            f"(x{row['ratio_to_bare']:.2f} bare, x{row['ratio_to_noop']:.2f} no-op, "
+            f"x{row['ratio_to_storage']:.2f} storage)  "
+            f"worker {row['worker_cpu_us_per_point']:,.0f} us CPU/point "
+            f"(x{row['cpu_ratio_to_bare']:.2f} bare)  "
             f"latency p50/p95/p99 {row['latency_p50_ms']:,.0f}/{row['latency_p95_ms']:,.0f}/"
             f"{row['latency_p99_ms']:,.0f} ms  {row['db_writes_per_point']:.3f} writes/point  "
             f"worker peak {row['worker_peak_rss_mb']:.0f} MB"
