@@ -15,5 +15,7 @@ USER telemetry
 
 # The worker's Prometheus metrics and its /healthz and /readyz probes (METRICS_PORT).
 EXPOSE 9842
+# `telemetry api`: the read API and dashboard.
+EXPOSE 8000
 
 CMD ["celery", "-A", "telemetry", "worker", "-c", "10", "--loglevel=INFO"]

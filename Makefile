@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test faults bench flower-screenshot config-docs lint format clean
+.PHONY: install demo test faults bench flower-screenshot config-docs openapi browser lint format clean
 
 # apt-get needs root; sudo only when this is not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 ## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB);
 ## then the worker and fault tests again with BATCH_SIZE=1, a batch of one per commit.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
 	TEST_BATCH_SIZE=1 $(PY) -m pytest tests/integration/test_worker.py tests/integration/test_faults_*.py
 
@@ -34,11 +34,20 @@ faults: $(STAMP)
 ## Throughput against baselines from the same run (see benchmarks/run.py; BENCH_ARGS to tune).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.api
 
 ## Flower's task page as docs/flower-tasks.png, from a live worker (installs Debian's chromium; not CI).
-flower-screenshot: $(STAMP)
-	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+flower-screenshot: $(STAMP) browser
 	$(PY) -m tools.flower_screenshot --output docs/flower-tasks.png
+
+## Debian's chromium, for the dashboard's browser test (Playwright drives it; its own
+## browser download is not reachable here).
+browser:
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+## docs/openapi.json from the API app (a test fails when it is stale).
+openapi: $(STAMP)
+	$(PY) -m tools.openapi
 
 ## docs/configuration.md from the settings declaration in telemetry/config.py.
 config-docs: $(STAMP)

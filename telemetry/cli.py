@@ -216,6 +216,11 @@ def stream(
     help="Keep the file's own times, or stamp points with the time they are sent.",
 )
 @click.option(
+    "--serve",
+    is_flag=True,
+    help="Keep the read API and dashboard running after the stream, until Ctrl-C.",
+)
+@click.option(
     "--stall-timeout",
     type=click.FloatRange(min=1),
     default=30.0,
@@ -228,6 +233,7 @@ def demo(
     limit: int | None,
     progress: bool | None,
     timestamps: str,
+    serve: bool,
     stall_timeout: float,
 ) -> None:
     """Run the whole pipeline on one machine, with no servers needed.
@@ -249,6 +255,7 @@ def demo(
             stop_on_signals(),
             cast(Literal["now", "csv"], timestamps),
             stall_timeout,
+            serve,
         )
     except (PermanentError, UnicodeDecodeError) as exc:
         fail(str(exc), 2)
@@ -281,6 +288,24 @@ def stats(as_json: bool, timeout: float) -> None:
     click.echo(json.dumps(result, indent=2) if as_json else render_table(result))
     if not result["workers"]:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default=None, help=flag_help("api_host"))
+@click.option("--port", type=click.IntRange(1, 65_535), default=None, help=flag_help("api_port"))
+def api(host: str | None, port: int | None) -> None:
+    """Serve the read API and the fleet dashboard (read-only; docs/api.md)."""
+    from telemetry.api import serve
+
+    settings = settings_or_exit({"api_host": host, "api_port": port})
+    # The URL it serves on is an INFO line: shown whatever -v says.
+    logging.getLogger("telemetry.api").setLevel(logging.INFO)
+    try:
+        serve(settings)
+    except PermanentError as exc:  # the port is taken, say
+        fail(str(exc), 2)
+    except TelemetryError as exc:
+        fail(str(exc), 1)
 
 
 @main.group()

@@ -21,11 +21,11 @@ LAYERS: dict[str, int] = {
     "worker": 2,
     "ops": 3,
     "streamer": 3,
-    "demo": 4,
     "api": 4,
-    "cli": 5,
+    "demo": 5,
+    "cli": 6,
     # telemetry/__init__.py: `celery -A telemetry` finds the app there, lazily.
-    "entry": 5,
+    "entry": 6,
 }
 DOMAIN_MODULES = {"config", "errors", "models", "dcgm"}
 SETTINGS_MODULE = PACKAGE / "config.py"

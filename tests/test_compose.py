@@ -25,13 +25,13 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-def test_compose_has_the_five_services_with_healthy_dependencies(compose: dict[str, Any]) -> None:
+def test_compose_has_the_six_services_with_healthy_dependencies(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"rabbitmq", "mongo", "worker", "flower", "streamer"}
+    assert set(services) == {"rabbitmq", "mongo", "worker", "flower", "api", "streamer"}
     assert "management" in services["rabbitmq"]["image"]
     for name in ("rabbitmq", "mongo"):
         assert services[name]["healthcheck"]["test"][0] == "CMD"
-    for name in ("worker", "flower", "streamer"):
+    for name in ("worker", "flower", "api", "streamer"):
         assert services[name]["depends_on"] == {
             "rabbitmq": {"condition": "service_healthy"},
             "mongo": {"condition": "service_healthy"},
@@ -113,3 +113,12 @@ def test_worker_publishes_its_metrics_port_and_checks_its_liveness_there(
     probe = " ".join(worker["healthcheck"]["test"])
     assert f"http://127.0.0.1:{port}/healthz" in probe
     assert f"EXPOSE {port}" in (REPO / "Dockerfile").read_text()
+
+
+def test_the_api_runs_the_api_command_on_loopback_with_a_probe(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    assert api["command"][:2] == ["telemetry", "api"]
+    assert api["command"][api["command"].index("--port") + 1] == "8000"
+    assert api["ports"] == ["127.0.0.1:8000:8000"]
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    assert "API_TOKEN" in api["environment"]

@@ -194,6 +194,16 @@ def print_tables(store: MongoTelemetryStore, gpus_shown: int = 3) -> None:
                 )
 
 
+def serve_dashboard(settings: Settings, stop: threading.Event) -> None:
+    """Serve the read API and dashboard on the demo's database until ``stop`` (Ctrl-C)."""
+    from telemetry.api import ApiServer
+
+    with ApiServer(settings) as api:
+        print(f"\nDashboard: {api.url}/   API: {api.url}/api/v1/gpus   docs: {api.url}/docs")
+        print("Serving until Ctrl-C.", flush=True)
+        stop.wait()
+
+
 def stall_diagnosis(settings: Settings) -> Callable[[], str]:
     """Why points stop arriving: on a real broker, usually another worker on the same queue."""
 
@@ -224,6 +234,7 @@ def run_demo(
     stop: threading.Event,
     timestamps: TimestampMode = "csv",
     stall_timeout_s: float = STALL_TIMEOUT_S,
+    serve: bool = False,
 ) -> bool:
     """Run the pipeline over ``csv_path``; True if every valid row was stored."""
     started = time.monotonic()
@@ -264,6 +275,8 @@ def run_demo(
         for line in result.summary():
             print(line)
         print(f"Demo finished in {time.monotonic() - started:.1f}s")
+        if serve:
+            serve_dashboard(settings, stop)
         return result.ok
     finally:
         runtime.STORE.reset()

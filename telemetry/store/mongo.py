@@ -37,6 +37,18 @@ TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 116
 RAW_MESSAGE_MAX_CHARS = 16_384
 DUPLICATE_KEY = 11000
 
+# The index of the telemetry collection: equality on the GPU, then time, then
+# metric. It serves a GPU's time window, and the read API's pages in their
+# order (timestamp, metric_name): a page reads ``limit`` index entries in order
+# and stops, where (gpu_uuid, timestamp) alone would sort every point of a
+# range in memory to break ties by metric.
+POINT_PAGE_INDEX: list[tuple[str, int]] = [
+    ("gpu_uuid", ASCENDING),
+    ("timestamp", ASCENDING),
+    ("metric_name", ASCENDING),
+]
+POINT_PAGE_INDEX_NAME = "gpu_time_metric"
+
 InsertOutcome = Literal["stored", "duplicate"] | StorageRejected
 """What became of one document of a bulk insert; a refused document carries its error."""
 
@@ -153,9 +165,9 @@ class MongoTelemetryStore:
             telemetry = self._db["telemetry"]
             # No unique index of our own: the point's key is its _id (see
             # point_document), which every collection indexes anyway.
-            telemetry.create_index(
-                [("gpu_uuid", ASCENDING), ("timestamp", ASCENDING)], name="gpu_time"
-            )
+            # Deployments from before it keep their older (gpu_uuid, timestamp)
+            # index "gpu_time", a prefix of this one: it may be dropped.
+            telemetry.create_index(POINT_PAGE_INDEX, name=POINT_PAGE_INDEX_NAME)
             if self._settings.retention_days > 0:
                 telemetry.create_index(
                     "timestamp",
