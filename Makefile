@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test faults bench flower-screenshot config-docs openapi browser lint format clean
+.PHONY: install demo test faults bench cluster cluster-stop flower-screenshot config-docs openapi browser lint format clean
 
 # apt-get needs root; sudo only when this is not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -35,6 +35,14 @@ faults: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.api
+
+## A local 3-node RabbitMQ cluster on private ports (tools/rabbitmq_nodes.py; the shared
+## broker at 5672 is left alone); it prints the failover URL. Stop it with `make cluster-stop`.
+cluster: $(STAMP)
+	$(PY) -m tools.rabbitmq_nodes cluster start
+
+cluster-stop: $(STAMP)
+	$(PY) -m tools.rabbitmq_nodes cluster stop
 
 ## Flower's task page as docs/flower-tasks.png, from a live worker (installs Debian's chromium; not CI).
 flower-screenshot: $(STAMP) browser

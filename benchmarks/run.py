@@ -47,7 +47,7 @@ from benchmarks import bare
 from benchmarks.noop import NOOP_TASK
 from telemetry.broker.messages import TaskMessage
 from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import dead_queue_name
+from telemetry.broker.topology import Topology
 from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
@@ -67,9 +67,10 @@ def sample_rows() -> list[Row]:
 
 
 def delete_queues(name: str) -> None:
+    """Every queue of ``name``'s topology (work, dead letters, retry delays)."""
     with Connection(BROKER) as connection:
         channel = connection.channel()
-        for queue in (name, dead_queue_name(name)):
+        for queue in Topology.of(load_settings(env={"TELEMETRY_QUEUE": name})).queue_names():
             channel.queue_delete(queue)
 
 
@@ -122,7 +123,8 @@ def wait_until(done: Callable[[], bool], timeout_s: float, tick: Callable[[], No
 def noop_ceiling(points: int, mongodb_uri: str, workdir: Path) -> float:
     """No-op tasks per second drained from a queued backlog."""
     queue = f"bench.noop.{uuid.uuid4().hex[:8]}"
-    publisher = ConfirmingPublisher(Connection(BROKER), queue)
+    topology = Topology.of(load_settings(env={"TELEMETRY_QUEUE": queue}))
+    publisher = ConfirmingPublisher(Connection(BROKER), topology)
     publisher.open()
     for _ in range(points):
         message = app.amqp.as_task_v2(

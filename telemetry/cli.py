@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn, cast
 
 import click
 
+from telemetry.broker.topology import Topology
 from telemetry.config import LogFormat, Settings, flag_help, flag_name, load_settings
 from telemetry.errors import ConfigError, PermanentError, TelemetryError
 from telemetry.observe.logs import configure_logging, current_format
@@ -99,6 +100,7 @@ STREAM_FLAGS = {
     "stream_interval_s": "interval",
     "stream_max_backlog": "max_backlog",
     "instance_id": "instance_id",
+    "queue_type": "queue_type",
 }
 
 
@@ -130,6 +132,12 @@ STREAM_FLAGS = {
 )
 @click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))
 @click.option(
+    flag_name("queue_type"),
+    type=click.Choice(["quorum", "classic"]),
+    default=None,
+    help=flag_help("queue_type"),
+)
+@click.option(
     "--compression",
     type=click.Choice(["gzip", "zlib", "bzip2"]),
     default=None,
@@ -155,6 +163,7 @@ def stream(
     limit: int | None,
     timestamps: str,
     instance_id: str | None,
+    queue_type: str | None,
     compression: str | None,
     max_backlog: int | None,
     progress: bool | None,
@@ -167,6 +176,7 @@ def stream(
         "interval": interval,
         "max_backlog": max_backlog,
         "instance_id": instance_id,
+        "queue_type": queue_type,
     }
     settings = settings_or_exit({field: flags[flag] for field, flag in STREAM_FLAGS.items()})
     try:
@@ -316,7 +326,7 @@ def dlq() -> None:
 def dead_letters() -> DeadLetterQueue:
     """The dead-letter queue the settings point at; exits with one line on bad settings."""
     settings = settings_or_exit()
-    return DeadLetterQueue(settings.broker_url, settings.queue_name)
+    return DeadLetterQueue(settings.broker_url, Topology.of(settings))
 
 
 @dlq.command("list")

@@ -41,6 +41,7 @@ from telemetry.errors import ConfigError
 
 LogFormat = Literal["auto", "json", "text"]
 Command = Literal["worker", "stream", "demo", "api"]
+QueueType = Literal["classic", "quorum"]
 
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -141,6 +142,21 @@ class Settings(BaseModel):
         help="Queue to publish to and consume; dead letters go to <name>.dead.",
         flags=("worker",),
         min_length=1,
+    )
+    queue_type: QueueType = setting(
+        "quorum",
+        env="QUEUE_TYPE",
+        help="quorum (replicated on a cluster, with a delivery limit) or classic. Every worker "
+        "and producer of a queue must agree; docs/scaling.md says how to change it.",
+        flags=("worker", "stream"),
+    )
+    delivery_limit: int = setting(
+        5,
+        env="DELIVERY_LIMIT",
+        help="Quorum queues: a message delivered this many times more without an ack (its "
+        "worker died or lost the broker each time) is dead-lettered.",
+        flags=("worker",),
+        ge=1,
     )
     # -- the worker ----------------------------------------------------------------
     flush_interval_ms: int = setting(

@@ -14,7 +14,7 @@ from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import batching, runtime
-from telemetry.worker.batching import Batcher, Pending, write_batch
+from telemetry.worker.batching import Batcher, Pending, Quarantine, write_batch
 from telemetry.worker.ingest import Delivery
 
 
@@ -98,3 +98,74 @@ def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interva
     # then
     assert [len(batch) for batch in submitted] == [2]
     assert len(batcher) == 0
+
+
+class HeldMessage:
+    """What the quarantine reads of a held message: whether it was settled."""
+
+    def __init__(self) -> None:
+        self.acknowledged = False
+
+
+def suspect(name: str, received: float = 0.0) -> Pending:
+    delivered: Any = HeldMessage()
+    return Pending(delivered, Delivery(name, [], {}), received, 0.0)
+
+
+def picks(quarantine: Quarantine) -> list[str]:
+    """Hand on every held message in turn, settling each before the next."""
+    order = []
+    while (due := quarantine.next_due()) is not None:
+        order.append(str(due.delivery.message_id))
+        due.delivered.acknowledged = True
+    return order
+
+
+def test_quarantine_hands_on_one_at_a_time_only_after_the_last_is_settled() -> None:
+    quarantine = Quarantine(hold_s=0.0, clock=lambda: 1.0)
+    for name in "abc":
+        quarantine.add(suspect(name), 1)
+    first = quarantine.next_due()
+    assert first is not None
+    assert quarantine.next_due() is None, "the next waits until the first is settled"
+    first.delivered.acknowledged = True
+    assert quarantine.next_due() is not None
+
+
+def test_quarantine_waits_for_the_whole_redelivery_before_picking() -> None:
+    now = [10.0]
+    quarantine = Quarantine(hold_s=0.2, clock=lambda: now[0])
+    quarantine.add(suspect("a", received=10.0), 1)
+    assert quarantine.next_due() is None
+    now[0] = 10.25
+    assert quarantine.next_due() is not None
+
+
+def test_quarantine_takes_the_least_delivered_first_and_alternates_order_on_ties() -> None:
+    quarantine = Quarantine(hold_s=0.0, clock=lambda: 1.0)
+    for name, count in [("p", 2), ("a", 1), ("b", 1), ("x", 2), ("c", 3)]:
+        quarantine.add(suspect(name), count)
+    # count 1 (odd): oldest first; count 2 (even): newest first; then count 3
+    assert picks(quarantine) == ["a", "b", "x", "p", "c"]
+
+
+def test_an_innocent_on_either_side_of_a_poison_is_settled_within_two_rounds() -> None:
+    """Simulated crashes: the poison kills the worker when its turn comes; whatever is
+    still held is delivered again with one more count. No innocent reaches count 3."""
+    held = [("a1", 1), ("a2", 1), ("P", 1), ("b1", 1), ("b2", 1)]
+    counts_at_settle: dict[str, int] = {}
+    for _ in range(5):
+        quarantine = Quarantine(hold_s=0.0, clock=lambda: 1.0)
+        for name, count in held:
+            quarantine.add(suspect(name), count)
+        survivors = dict(held)
+        while (due := quarantine.next_due()) is not None:
+            name = str(due.delivery.message_id)
+            if name == "P":
+                break  # the worker dies; everything unsettled comes back
+            counts_at_settle[name] = survivors.pop(name)
+            due.delivered.acknowledged = True
+        held = [(name, count + 1) for name, count in survivors.items()]
+    assert held == [("P", 6)]
+    assert set(counts_at_settle) == {"a1", "a2", "b1", "b2"}
+    assert max(counts_at_settle.values()) <= 2

@@ -16,6 +16,8 @@ from telemetry.worker.app import WORKER_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER_ENV = {"CSV_PATH", "LOOP_MODE", "STREAM_INTERVAL", "STREAM_MAX_BACKLOG"}
+CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+CLUSTER_APPS = ("cluster-worker", "cluster-streamer", "cluster-flower")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,10 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_has_the_six_services_with_healthy_dependencies(compose: dict[str, Any]) -> None:
-    services = compose["services"]
+    # `docker compose up` starts the services of no profile; the cluster profile adds its own.
+    services = {
+        name: service for name, service in compose["services"].items() if "profiles" not in service
+    }
     assert set(services) == {"rabbitmq", "mongo", "worker", "flower", "api", "streamer"}
     assert "management" in services["rabbitmq"]["image"]
     for name in ("rabbitmq", "mongo"):
@@ -67,7 +72,7 @@ def test_every_variable_in_the_compose_file_is_one_the_code_reads(
     compose: dict[str, Any],
 ) -> None:
     known = set(ENV_NAMES.values()) | STREAMER_ENV | {"FLOWER_BASIC_AUTH", "FLOWER_BROKER_API"}
-    for name in ("worker", "flower", "streamer"):
+    for name in ("worker", "flower", "streamer", *CLUSTER_APPS):
         unknown = set(compose["services"][name]["environment"]) - known
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
 
@@ -122,3 +127,99 @@ def test_the_api_runs_the_api_command_on_loopback_with_a_probe(compose: dict[str
     assert api["ports"] == ["127.0.0.1:8000:8000"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert "API_TOKEN" in api["environment"]
+
+
+# -- the cluster profile: 3 RabbitMQ nodes, quorum queues, workers that scale -----------
+
+
+def interpolated(value: str) -> str:
+    """``value`` as compose reads it with no variables set: ``${NAME:-default}`` → default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_the_cluster_profile_has_three_nodes_and_its_apps(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    in_profile = {
+        name for name, service in services.items() if "cluster" in service.get("profiles", [])
+    }
+    assert in_profile == {*CLUSTER_NODES, *CLUSTER_APPS}
+    # A fixed container_name would stop `--scale`, and clash with a second copy of the stack.
+    assert not [name for name in in_profile if "container_name" in services[name]]
+
+
+def test_the_nodes_share_a_cookie_and_find_each_other_by_classic_config(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    config = (REPO / "deploy" / "rabbitmq-cluster" / "rabbitmq.conf").read_text()
+    settings = dict(
+        line.split(" = ", 1) for line in config.splitlines() if line and not line.startswith("#")
+    )
+    assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+    cookies = set()
+    for number, name in enumerate(CLUSTER_NODES, start=1):
+        node = services[name]
+        assert node["image"] == "rabbitmq:4-management"
+        # The node name is rabbit@<hostname>; the config lists the nodes by that name.
+        assert node["hostname"] == name
+        assert settings[f"cluster_formation.classic_config.nodes.{number}"] == f"rabbit@{name}"
+        assert (
+            "./deploy/rabbitmq-cluster/rabbitmq.conf:/etc/rabbitmq/conf.d/20-cluster.conf:ro"
+            in node["volumes"]
+        )
+        # Each node keeps its own data: a volume of its own, never shared.
+        assert f"{name}-data:/var/lib/rabbitmq" in node["volumes"]
+        assert f"{name}-data" in compose["volumes"]
+        cookies.add(node["environment"]["RABBITMQ_ERLANG_COOKIE"])
+        # Healthy only once this node sees all three, so queues are declared on the full cluster.
+        assert "await_online_nodes 3" in " ".join(node["healthcheck"]["test"])
+        # AMQP is not published on the host: it would clash with the single-node broker.
+        assert not [port for port in node.get("ports", []) if port.endswith(":5672")]
+    assert len(cookies) == 1
+
+
+def test_cluster_apps_use_quorum_queues_and_fail_over_across_the_three_nodes(
+    compose: dict[str, Any],
+) -> None:
+    for name in CLUSTER_APPS:
+        app = compose["services"][name]
+        env = app["environment"]
+        # The streamer declares the queue too: a producer and a worker must agree on its type.
+        assert env["QUEUE_TYPE"] == "quorum", name
+        urls = interpolated(env["CELERY_BROKER_URL"]).split(";")
+        assert [re.sub(r"^amqp://[^@]+@", "", url) for url in urls] == [
+            f"{node}:5672//" for node in CLUSTER_NODES
+        ], name
+        settings = load_settings(env={key: interpolated(str(v)) for key, v in env.items()})
+        assert settings.broker_url == interpolated(env["CELERY_BROKER_URL"])
+        assert settings.queue_type == "quorum"
+        assert app["depends_on"] == {
+            **{node: {"condition": "service_healthy"} for node in CLUSTER_NODES},
+            "mongo": {"condition": "service_healthy"},
+        }, name
+
+
+def test_the_cluster_worker_scales_without_editing_the_file(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["cluster-worker"]
+    assert worker["command"][:6] == ["celery", "-A", "telemetry", "worker", "-c", "10"]
+    # No host port: N copies cannot all bind one. Prometheus scrapes each container instead.
+    assert "ports" not in worker
+    # No INSTANCE_ID: each copy's node name comes from its container's host name, so
+    # the copies do not share one node name (and one control queue) on the broker.
+    assert "INSTANCE_ID" not in worker["environment"]
+    port = load_settings(env={"METRICS_PORT": worker["environment"]["METRICS_PORT"]}).metrics_port
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(worker["healthcheck"]["test"])
+    assert worker["stop_signal"] == "SIGTERM"
+
+
+def test_the_cluster_flower_runs_beside_the_single_node_one(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["cluster-flower"]
+    assert flower["command"][:4] == ["celery", "-A", "telemetry", "flower"]
+    assert flower["ports"] == ["5556:5555"]
+    assert "@rabbitmq-1:15672/api/" in flower["environment"]["FLOWER_BROKER_API"]
+    host_ports = [
+        port.rsplit(":", 1)[0]
+        for service in compose["services"].values()
+        for port in service.get("ports", [])
+    ]
+    assert len(host_ports) == len(set(host_ports)), host_ports

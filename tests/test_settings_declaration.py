@@ -56,6 +56,7 @@ TEXT_SAMPLES = {
     "api_host": "0.0.0.0",
     "api_token": "sample-token",
     "mongo_timeout_ms": "700",
+    "queue_type": "classic",
 }
 
 

@@ -29,8 +29,9 @@ from kombu import Connection
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import dead_exchange_name, dead_queue_name
+from telemetry.broker.topology import Topology, dead_exchange_name
 from telemetry.cli import SAMPLE_CSV
+from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
 from telemetry.demo.embedded import SecantusServer
 from telemetry.models import format_timestamp
@@ -150,7 +151,8 @@ def run(output: Path, workdir: Path, chromium: str, page: str) -> None:
         flower.wait_ready()
         wait_for(lambda: flower.sees_online(node), 60, "the worker to come online in Flower")
         port = flower.port
-        sender = ConfirmingPublisher(Connection(BROKER), queue)
+        topology = Topology.of(load_settings(env={"TELEMETRY_QUEUE": queue}))
+        sender = ConfirmingPublisher(Connection(BROKER), topology)
         sender.open()
         try:
             publish(sender, sample_messages(VALID))
@@ -169,7 +171,7 @@ def run(output: Path, workdir: Path, chromium: str, page: str) -> None:
         server.stop()
         with Connection(BROKER) as connection:
             channel = connection.channel()
-            for name in (queue, dead_queue_name(queue)):
+            for name in Topology.of(load_settings(env={"TELEMETRY_QUEUE": queue})).queue_names():
                 channel.queue_delete(name)
             for exchange in (queue, dead_exchange_name(queue)):
                 channel.exchange_delete(exchange)

@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 
 from telemetry.broker.connect import broker_errors, unavailable
 from telemetry.broker.messages import TaskMessage
-from telemetry.broker.topology import declare_topology, work_queue
+from telemetry.broker.topology import Topology
 from telemetry.errors import BrokerUnavailable
 
 logger = logging.getLogger("telemetry.broker.publisher")
@@ -30,13 +30,13 @@ class ConfirmingPublisher:
     def __init__(
         self,
         connection: Connection,
-        queue_name: str,
+        topology: Topology,
         window: int = 500,
         compression: str | None = None,
         connect_retries: int = 5,
     ) -> None:
         self._connection = connection
-        self._queue_name = queue_name
+        self._topology = topology
         self._window = max(1, window)
         self._compression = compression
         self._connect_retries = connect_retries
@@ -62,7 +62,7 @@ class ConfirmingPublisher:
                 interval_max=5,
             )
             self._channel = self._connection.channel()
-            declare_topology(self._channel, self._queue_name)
+            self._topology.declare(self._channel)
             self._confirms = hasattr(self._channel, "confirm_select")
             if self._confirms:
                 self._channel.confirm_select()
@@ -70,8 +70,8 @@ class ConfirmingPublisher:
                 self._channel.events["basic_nack"].add(self._on_nack)
             self._producer = Producer(
                 self._channel,
-                exchange=work_queue(self._queue_name).exchange,
-                routing_key=self._queue_name,
+                exchange=self._topology.work_queue().exchange,
+                routing_key=self._topology.queue_name,
             )
             self._next_tag = 1
         except broker_errors(self._connection) as exc:

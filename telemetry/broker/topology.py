@@ -1,31 +1,50 @@
-"""RabbitMQ topology: the work queue and where its failures are dead-lettered.
+"""RabbitMQ topology: the work queue, its delayed retries and its dead letters.
 
 ::
 
     producer ──► exchange <q> ──(<q>)──► queue <q> ──► workers
-                                           │ rejected without requeue
-                                           ▼
-                 exchange <q>.dlx ──(<q>.dead)──► queue <q>.dead
+                     ▲                     │ rejected without requeue, or
+                     │                     │ delivered more than DELIVERY_LIMIT times (quorum)
+                     │                     ▼
+                     │   exchange <q>.dlx ──(<q>.dead)──► queue <q>.dead
+                     │
+                     └── expired ── queue <q>.retry.<ms>ms ◄── a retry copy, from the worker
 
-Both queues are declared by everything that publishes or consumes, because
+``QUEUE_TYPE`` makes the queues classic or quorum (replicated, with a delivery
+limit). With quorum, dead-lettering is at-least-once, so a dead letter is never
+dropped between two queues. A retry copy waits in the delay queue of its
+attempt until its time-to-live runs out, then RabbitMQ dead-letters it back to
+the work queue: the same on both queue types, with no ETA held in a worker and
+no whole-second rounding (Celery's native delayed delivery needs both).
+
+Every queue is declared by everything that publishes or consumes, because
 RabbitMQ drops a dead letter whose exchange has no bound queue. Every
-declaration of ``<q>`` must carry the same arguments, or RabbitMQ refuses it,
-so this module is the only place that builds them.
+declaration of a queue must carry the same arguments, or RabbitMQ refuses it
+(:class:`TopologyMismatch`), so this module is the only place that builds them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
 from telemetry.broker.connect import broker_errors, connect, unavailable
+from telemetry.config import QueueType, Settings
+from telemetry.errors import BrokerUnavailable, PermanentError
 
 TASK_NAME = "telemetry.ingest"
 # Set on every retry copy: the error that made the worker retry.
 ERROR_HEADER = "x-telemetry-error"
+MIGRATION_DOC = "docs/scaling.md#changing-the-queue-type"
+
+
+class TopologyMismatch(PermanentError):
+    """Raised when a queue exists with other arguments (another type or delivery limit)."""
 
 
 def dead_queue_name(queue_name: str) -> str:
@@ -38,48 +57,145 @@ def dead_exchange_name(queue_name: str) -> str:
     return f"{queue_name}.dlx"
 
 
-def work_queue(queue_name: str) -> Queue:
-    """The durable queue workers consume, with its dead-letter exchange set."""
-    return Queue(
-        queue_name,
-        Exchange(queue_name, type="direct", durable=True),
-        routing_key=queue_name,
-        durable=True,
-        queue_arguments={
-            "x-dead-letter-exchange": dead_exchange_name(queue_name),
-            "x-dead-letter-routing-key": dead_queue_name(queue_name),
-        },
-    )
+def retry_ceilings_ms(settings: Settings) -> list[int]:
+    """The backoff ceiling of each retry attempt, in ms: ``RETRY_BACKOFF_S`` doubled, capped."""
+    return [
+        round(min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2.0**attempt) * 1000)
+        for attempt in range(settings.max_retries)
+    ]
 
 
-def dead_queue(queue_name: str) -> Queue:
-    """The durable queue that holds dead letters until they are replayed or purged."""
-    return Queue(
-        dead_queue_name(queue_name),
-        Exchange(dead_exchange_name(queue_name), type="direct", durable=True),
-        routing_key=dead_queue_name(queue_name),
-        durable=True,
-    )
+@dataclass(frozen=True)
+class Topology:
+    """The queues of one work queue name, as the settings make them."""
 
+    queue_name: str
+    queue_type: QueueType
+    delivery_limit: int
+    retry_ceilings_ms: tuple[int, ...] = ()
 
-def declare_topology(channel: Any, queue_name: str) -> None:
-    """Declare both exchanges, both queues and their bindings on ``channel``."""
-    dead_queue(queue_name)(channel).declare()
-    work_queue(queue_name)(channel).declare()
+    @classmethod
+    def of(cls, settings: Settings) -> Topology:
+        """The topology the settings describe."""
+        return cls(
+            settings.queue_name,
+            settings.queue_type,
+            settings.delivery_limit,
+            tuple(retry_ceilings_ms(settings)),
+        )
+
+    @property
+    def dead_name(self) -> str:
+        """The dead-letter queue's name."""
+        return dead_queue_name(self.queue_name)
+
+    def _typed(self, arguments: dict[str, Any], dead_letters: bool) -> dict[str, Any]:
+        """``arguments`` plus what the queue type needs; quorum dead-letters at least once."""
+        if self.queue_type == "classic":
+            return arguments
+        typed = {"x-queue-type": "quorum", **arguments}
+        if dead_letters:
+            # At-least-once dead-lettering needs reject-publish overflow (RabbitMQ 3.10+).
+            typed["x-dead-letter-strategy"] = "at-least-once"
+            typed["x-overflow"] = "reject-publish"
+        return typed
+
+    def work_queue(self) -> Queue:
+        """The durable queue workers consume, dead-lettering into ``<q>.dead``."""
+        arguments: dict[str, Any] = {
+            "x-dead-letter-exchange": dead_exchange_name(self.queue_name),
+            "x-dead-letter-routing-key": self.dead_name,
+        }
+        if self.queue_type == "quorum":
+            arguments["x-delivery-limit"] = self.delivery_limit
+        return Queue(
+            self.queue_name,
+            Exchange(self.queue_name, type="direct", durable=True),
+            routing_key=self.queue_name,
+            durable=True,
+            queue_arguments=self._typed(arguments, dead_letters=True),
+        )
+
+    def dead_queue(self) -> Queue:
+        """The durable queue that holds dead letters until they are replayed or purged."""
+        return Queue(
+            self.dead_name,
+            Exchange(dead_exchange_name(self.queue_name), type="direct", durable=True),
+            routing_key=self.dead_name,
+            durable=True,
+            queue_arguments=self._typed({}, dead_letters=False) or None,
+        )
+
+    def retry_queue(self, attempt: int) -> Queue:
+        """Where retry number ``attempt + 1`` waits; its time-to-live is that attempt's ceiling.
+
+        A copy's own expiration (its jittered delay, at most the ceiling) ends
+        the wait sooner; then RabbitMQ dead-letters it back to the work queue.
+        """
+        ceiling_ms = self.retry_ceilings_ms[min(attempt, len(self.retry_ceilings_ms) - 1)]
+        arguments = {
+            "x-message-ttl": ceiling_ms,
+            "x-dead-letter-exchange": self.queue_name,
+            "x-dead-letter-routing-key": self.queue_name,
+        }
+        return Queue(
+            f"{self.queue_name}.retry.{ceiling_ms}ms",
+            routing_key=f"{self.queue_name}.retry.{ceiling_ms}ms",
+            durable=True,
+            queue_arguments=self._typed(arguments, dead_letters=True),
+        )
+
+    def retry_queues(self) -> list[Queue]:
+        """Every delay queue, one per distinct ceiling."""
+        seen: dict[str, Queue] = {}
+        for attempt in range(len(self.retry_ceilings_ms)):
+            queue = self.retry_queue(attempt)
+            seen.setdefault(queue.name, queue)
+        return list(seen.values())
+
+    def queue_names(self) -> list[str]:
+        """The names of every queue of this topology."""
+        return [self.queue_name, self.dead_name, *(q.name for q in self.retry_queues())]
+
+    def declare(self, channel: Any) -> None:
+        """Declare every exchange, queue and binding on ``channel``.
+
+        Raises :class:`TopologyMismatch` in one line when a queue exists with
+        other arguments; the channel is closed by RabbitMQ then.
+        """
+        for queue in (self.dead_queue(), self.work_queue(), *self.retry_queues()):
+            try:
+                queue(channel).declare()
+            except PreconditionFailed as exc:
+                raise self.mismatch(queue.name, exc) from exc
+
+    def mismatch(self, queue_name: str, exc: BaseException) -> TopologyMismatch:
+        """The one-line error for a queue that exists with other arguments."""
+        text = str(exc)
+        reason = text[text.find("inequivalent arg") :] if "inequivalent arg" in text else text
+        reason = reason.split(" for queue ", 1)[0]
+        return TopologyMismatch(
+            f"queue {queue_name!r} already exists with other settings ({reason}); "
+            f"this collector wants a {self.queue_type} queue"
+            + (f" with DELIVERY_LIMIT={self.delivery_limit}" if self.queue_type == "quorum" else "")
+            + f". Set QUEUE_TYPE (and DELIVERY_LIMIT) to what it was made with, or drain and "
+            f"redeclare it: {MIGRATION_DOC}"
+        )
 
 
 @contextmanager
-def topology_channel(broker_url: str, queue_name: str) -> Iterator[tuple[Connection, Any]]:
+def topology_channel(broker_url: str, topology: Topology) -> Iterator[tuple[Connection, Any]]:
     """A connection and a channel with the topology declared, for short operator commands.
 
     Raises :class:`BrokerUnavailable` with one readable line if the broker
-    cannot be used; the connection is released on the way out.
+    cannot be used, :class:`TopologyMismatch` if a queue exists with other
+    arguments; the connection is released on the way out.
     """
     connection = connect(broker_url)
     try:
         try:
             channel = connection.channel()
-            declare_topology(channel, queue_name)
+            topology.declare(channel)
         except broker_errors(connection) as exc:
             raise unavailable(broker_url, exc) from exc
         yield connection, channel
@@ -87,7 +203,24 @@ def topology_channel(broker_url: str, queue_name: str) -> Iterator[tuple[Connect
         connection.release()
 
 
-def queue_consumers(broker_url: str, queue_name: str) -> int:
+def queue_consumers(broker_url: str, topology: Topology) -> int:
     """How many consumers the work queue has now."""
-    with topology_channel(broker_url, queue_name) as (_, channel):
-        return int(channel.queue_declare(queue_name, passive=True).consumer_count)
+    with topology_channel(broker_url, topology) as (_, channel):
+        name = topology.queue_name
+        return int(channel.queue_declare(name, passive=True).consumer_count)
+
+
+def topology_problem(broker_url: str, topology: Topology) -> str | None:
+    """Why this topology cannot be declared on the broker (one line), or None if it can.
+
+    None too when the broker cannot be reached now: a worker retries that.
+    """
+    if broker_url.startswith("memory"):
+        return None
+    try:
+        with topology_channel(broker_url, topology):
+            return None
+    except TopologyMismatch as exc:
+        return str(exc)
+    except BrokerUnavailable:
+        return None

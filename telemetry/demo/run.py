@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from telemetry.broker.topology import queue_consumers
+from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import BrokerUnavailable, TelemetryError
@@ -211,7 +211,7 @@ def stall_diagnosis(settings: Settings) -> Callable[[], str]:
         if settings.broker_url.startswith("memory://"):
             return "the embedded worker stopped taking points; run with -v to see its log"
         try:
-            consumers = queue_consumers(settings.broker_url, settings.queue_name)
+            consumers = queue_consumers(settings.broker_url, Topology.of(settings))
         except BrokerUnavailable as exc:
             return f"the broker stopped answering ({exc})"
         if consumers > 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from telemetry.broker.topology import dead_queue_name, topology_channel
+from telemetry.broker.topology import Topology, topology_channel
 from telemetry.config import Settings
 from telemetry.observe.stats import COUNTERS
 
@@ -19,10 +19,11 @@ def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
     """
     from telemetry.worker.app import app  # the broadcast speaks Celery's control protocol
 
-    with topology_channel(settings.broker_url, settings.queue_name) as (connection, channel):
+    topology = Topology.of(settings)
+    with topology_channel(settings.broker_url, topology) as (connection, channel):
         depths = {
             name: int(channel.queue_declare(name, passive=True).message_count)
-            for name in (settings.queue_name, dead_queue_name(settings.queue_name))
+            for name in (topology.queue_name, topology.dead_name)
         }
         replies = app.control.broadcast(
             "telemetry_stats", reply=True, timeout=timeout_s, connection=connection

@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError
 from telemetry.broker.connect import failover_connection
 from telemetry.broker.messages import TaskMessage, build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.topology import Topology
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
 from telemetry.errors import ConfigError, CsvFormatError
@@ -296,7 +297,7 @@ def run_stream(
         progress = ProgressBar(total, "streaming")
     publisher = ConfirmingPublisher(
         failover_connection(settings.broker_url),
-        settings.queue_name,
+        Topology.of(settings),
         compression=compression,
         connect_retries=10,
     )

@@ -22,7 +22,7 @@ from celery import Celery, current_task, signals
 from celery.worker.control import inspect_command
 
 from telemetry.broker.connect import login_refused
-from telemetry.broker.topology import dead_queue_name, declare_topology, work_queue
+from telemetry.broker.topology import Topology, topology_problem
 from telemetry.config import Settings, flag_fields, flag_help, flag_name, load_settings
 from telemetry.errors import ConfigError, TelemetryError
 from telemetry.observe import health, metrics
@@ -51,7 +51,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     # A batch can only fill from unacked messages, so the buffer holds two at least.
     buffered = max(settings.queue_buffer_size, 2 * settings.batch_size)
     app.conf.worker_prefetch_multiplier = max(1, math.ceil(buffered / threads))
-    app.conf.task_queues = [work_queue(settings.queue_name)]
+    app.conf.task_queues = [Topology.of(settings).work_queue()]
     app.conf.task_default_queue = settings.queue_name
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name
@@ -79,8 +79,9 @@ class TelemetryWorker(BaseWorker):
             if settings.broker_url.startswith("memory://")
             else login_refused(settings.broker_url)
         )
-        if refused is not None:
-            print(f"telemetry worker: {refused}", file=sys.stderr)
+        problem = refused or topology_problem(settings.broker_url, Topology.of(settings))
+        if problem is not None:
+            print(f"telemetry worker: {problem}", file=sys.stderr)
             raise SystemExit(1)
         # Now, not only when Celery asks: its start-up warnings come before that.
         configure_worker_logging(settings, kwargs.get("loglevel") or logging.WARNING)
@@ -172,10 +173,10 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
     settings = runtime.current_settings()
     try:
         with sender.connection_for_write() as connection:
-            declare_topology(connection.default_channel, settings.queue_name)
-    except (*sender.connection_errors, *sender.channel_errors) as exc:
-        # Logged, not fatal: the worker still consumes, and the next start declares it.
-        logger.error("Could not declare the dead-letter queue: %s", exc)
+            Topology.of(settings).declare(connection.default_channel)
+    except (TelemetryError, *sender.connection_errors, *sender.channel_errors) as exc:
+        # Logged, not fatal: the worker still consumes, and the next start declares them.
+        logger.error("Could not declare the dead-letter and retry queues: %s", exc)
     try:
         runtime.store().ensure_indexes()
     except TelemetryError as exc:
@@ -187,7 +188,7 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
         "Collector %s consuming %r, dead letters to %r, MongoDB database %r",
         settings.instance_id,
         settings.queue_name,
-        dead_queue_name(settings.queue_name),
+        Topology.of(settings).dead_name,
         settings.mongodb_db,
     )
 

@@ -14,8 +14,16 @@ batch goes to the pool as one job, which runs the one write path
   with ``BATCH_SIZE=1``. Writes are idempotent, so a point a failed batch
   did store is counted as a duplicate there.
 
-Retry copies (they carry an ETA or a retry count) take the per-task path
-from the start. Messages still buffered when the connection drops, or when
+Retry copies (they carry a retry count) take the per-task path from the
+start. Redelivered messages (their last holder died or lost the broker
+before settling them) are suspects: one of them may be a poison message
+that kills the worker. They wait in a :class:`Quarantine` and take the
+per-task path one at a time, the least delivered first, so a poison message
+is handled while as few others as possible are held: innocents held
+with it in one crash are settled in the next round, and the poison alone
+reaches the queue's delivery limit and is dead-lettered (quorum queues).
+
+Messages still buffered when the connection drops, or when
 the worker stops, were never acked: RabbitMQ redelivers them. Batched
 messages skip Celery's revoke and ``expires`` checks, which this collector
 does not use.
@@ -120,7 +128,6 @@ class Batcher:
         self._clock = clock
         self._buffer: list[Pending] = []
         self._lock = threading.Lock()
-        self.timer: Cancellable | None = None  # the timer entry that calls flush_due
 
     def add(self, pending: Pending) -> None:
         """Buffer one message; hand a full batch to the pool."""
@@ -141,9 +148,7 @@ class Batcher:
             self._submit(batch)
 
     def discard(self) -> int:
-        """Stop the timer and forget the buffer, unsettled; return how many were in it."""
-        if self.timer is not None:
-            self.timer.cancel()
+        """Forget the buffer, unsettled; return how many were in it."""
         with self._lock:
             dropped, self._buffer = len(self._buffer), []
         return dropped
@@ -157,12 +162,82 @@ class Batcher:
         return batch
 
 
+class Quarantine:
+    """Redelivered messages, handed on one at a time; thread-safe.
+
+    Each waits ``hold_s`` after it arrives, so the whole burst of a
+    redelivery is in before one is picked. The pick is the lowest delivery
+    count: a message held through fewer crashes is less likely the poison.
+    Among equal counts the order alternates with the count's parity, oldest
+    first on odd counts and newest first on even ones: whichever side of the
+    poison an innocent stood on in one round, it is handled before the poison
+    in the next, so none reaches the delivery limit with it.
+    """
+
+    def __init__(self, hold_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._hold_s = hold_s
+        self._clock = clock
+        self._waiting: list[tuple[int, int, Pending]] = []  # (delivery count, arrival, message)
+        self._arrivals = 0
+        self._current: Pending | None = None
+        self._lock = threading.Lock()
+
+    def add(self, pending: Pending, delivery_count: int) -> None:
+        """Hold a redelivered message until its turn."""
+        with self._lock:
+            self._arrivals += 1
+            self._waiting.append((delivery_count, self._arrivals, pending))
+
+    def next_due(self) -> Pending | None:
+        """The message whose turn it is, once the one before it is settled; else None."""
+        with self._lock:
+            if self._current is not None and not self._current.delivered.acknowledged:
+                return None
+            self._current = None
+            now = self._clock()
+            ready = [entry for entry in self._waiting if now - entry[2].received >= self._hold_s]
+            if not ready:
+                return None
+            lowest = min(count for count, _, _ in ready)
+            candidates = [entry for entry in ready if entry[0] == lowest]
+            pick = min(candidates, key=lambda entry: entry[1] if lowest % 2 else -entry[1])
+            self._waiting.remove(pick)
+            self._current = pick[2]
+            return self._current
+
+    def discard(self) -> int:
+        """Forget every held message, unsettled; return how many there were."""
+        with self._lock:
+            dropped = len(self._waiting) + (self._current is not None)
+            self._waiting, self._current = [], None
+        return dropped
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+
+@dataclass
+class ConsumerState:
+    """What one consumer's handler keeps between messages, found again after a reconnect."""
+
+    batcher: Batcher | None
+    quarantine: Quarantine
+    timer: Cancellable | None = None
+
+    def discard(self) -> int:
+        """Stop the timer and forget every held message; return how many there were."""
+        if self.timer is not None:
+            self.timer.cancel()
+        held = self.quarantine.discard()
+        if self.batcher is not None:
+            held += self.batcher.discard()
+        return held
+
+
 def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> MessageHandler:
     """The ``telemetry.ingest`` message handler: Celery's own, or batching in front of it."""
     settings = runtime.current_settings()
-    if settings.batch_size <= 1:
-        return per_task
-
     events = port.events()
 
     def alone(pending: Pending) -> None:
@@ -220,36 +295,52 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             logger.exception("Could not hand a batch of %d to the pool", len(batch))
             settle(batch, None, started)
 
-    # The previous strategy's buffer holds deliveries of a lost channel only:
+    flush_interval_s = settings.flush_interval_ms / 1000
+    batcher = (
+        Batcher(settings.batch_size, flush_interval_s, submit) if settings.batch_size > 1 else None
+    )
+    state = ConsumerState(batcher, Quarantine(hold_s=flush_interval_s))
+    # The previous strategy's buffers hold deliveries of a lost channel only:
     # RabbitMQ redelivers them.
-    batcher = Batcher(settings.batch_size, settings.flush_interval_ms / 1000, submit)
-    previous: Batcher | None = port.swap_slot(batcher)
+    previous: ConsumerState | None = port.swap_slot(state)
     if previous is not None:
         metrics.in_flight_dec(previous.discard())
+
+    def tick() -> None:
+        if batcher is not None:
+            batcher.flush_due()
+        suspect = state.quarantine.next_due()
+        if suspect is not None:
+            metrics.in_flight_dec()
+            port.call_soon(alone, suspect)
+
     # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
-    batcher.timer = port.every(min(batcher.flush_interval_s / 4, 0.02), batcher.flush_due)
-    logger.info(
-        "Batch commits: up to %d points per write, flushed after %d ms",
-        settings.batch_size,
-        settings.flush_interval_ms,
-    )
+    state.timer = port.every(min(flush_interval_s / 4, 0.02), tick)
+    if batcher is not None:
+        logger.info(
+            "Batch commits: up to %d points per write, flushed after %d ms",
+            settings.batch_size,
+            settings.flush_interval_ms,
+        )
 
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> Any:
         delivered = port.delivered(message, body, ack, reject, callbacks)
         headers = delivered.headers
         if headers.get("eta") or headers.get("retries"):
             return delivered.hand_to(per_task)
+        suspect = delivered.delivery_count
+        if not suspect and batcher is None:
+            return delivered.hand_to(per_task)
         # The consumer checked the body's shape before any strategy sees it.
         args, kwargs = delivered.decode()
-        metrics.in_flight_inc()
-        batcher.add(
-            Pending(
-                delivered,
-                Delivery(str(headers["id"]), args, kwargs),
-                time.monotonic(),
-                time.time(),
-            )
+        pending = Pending(
+            delivered, Delivery(str(headers["id"]), args, kwargs), time.monotonic(), time.time()
         )
+        metrics.in_flight_inc()
+        if suspect:
+            state.quarantine.add(pending, suspect)
+        elif batcher is not None:
+            batcher.add(pending)
         return None
 
     return handle

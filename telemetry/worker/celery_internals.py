@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from celery.apps import worker as celery_apps_worker
 from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -99,6 +99,18 @@ class Delivered:
         """Whether the channel it came on is still open (only then can it be acked)."""
         # kombu's in-memory channel has no is_open; it never closes under a worker.
         return bool(getattr(self.message.channel, "is_open", True))
+
+    @property
+    def delivery_count(self) -> int:
+        """How many times it was delivered before without being settled (0 when fresh).
+
+        Quorum queues count it exactly (``x-delivery-count``); a classic queue
+        only says whether it was delivered before (``redelivered``).
+        """
+        counted = (self.message.headers or {}).get("x-delivery-count")
+        if counted is not None:
+            return int(counted)
+        return 1 if (self.message.delivery_info or {}).get("redelivered") else 0
 
     @property
     def acknowledged(self) -> bool:
@@ -249,12 +261,25 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, reporting every message to :meth:`on_arrival` first and every
     bad one to :meth:`on_bad_message`, instead of only logging it.
 
+    Its steps are Celery's but for native delayed delivery, which would declare 28
+    exchanges and queues per broker for ETA tasks: this collector sends none (a retry
+    waits in a delay queue of its own, see telemetry.broker.topology).
+
     Celery acks a message it cannot decode and only logs it; a disallowed
     content type or a message without a task header is rejected; and a JSON
     body that is not ``[args, kwargs, embed]`` makes its request parsing
     raise in the consumer itself, which stops the whole worker
     ("Unrecoverable error", seen with ``{"a": 1}``). Subclasses decide.
     """
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        """Celery's consumer steps without ``DelayedDelivery``."""
+
+        default_steps: ClassVar[list[str]] = [
+            step
+            for step in Consumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
 
     def on_arrival(self, message: Any) -> None:
         """Called once for every message taken from the queue."""

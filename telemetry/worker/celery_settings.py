@@ -8,8 +8,8 @@ when a worker starts. The broker URL comes from ``CELERY_BROKER_URL``,
 which Celery itself reads; the default here is the settings module's.
 """
 
-from telemetry.broker.topology import work_queue
-from telemetry.config import DEFAULT_BROKER_URL, DEFAULT_QUEUE_NAME
+from telemetry.broker.topology import Topology
+from telemetry.config import DEFAULT_BROKER_URL, DEFAULT_QUEUE_NAME, load_settings
 
 broker_url = DEFAULT_BROKER_URL
 # Keep retrying a lost broker connection, at start-up too, instead of exiting.
@@ -60,7 +60,7 @@ task_send_sent_event = False
 
 # Every declaration of the queue must carry its dead-letter arguments, or
 # RabbitMQ refuses it; workers replace this with TELEMETRY_QUEUE's settings.
-task_queues = [work_queue(DEFAULT_QUEUE_NAME)]
+task_queues = [Topology.of(load_settings(env={})).work_queue()]
 task_default_queue = DEFAULT_QUEUE_NAME
 task_default_exchange = DEFAULT_QUEUE_NAME
 task_default_routing_key = DEFAULT_QUEUE_NAME

@@ -20,7 +20,7 @@ from typing import Any
 
 from celery import Task
 
-from telemetry.broker.topology import ERROR_HEADER, TASK_NAME
+from telemetry.broker.topology import ERROR_HEADER, TASK_NAME, Topology
 from telemetry.config import Settings
 from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import STATS
@@ -71,6 +71,7 @@ def ingest_task(self: IngestTask, *args: Any, **kwargs: Any) -> str:
     if not isinstance(exc, StorageUnavailable) or self.request.retries >= settings.max_retries:
         raise exc
     delay = backoff_delay_s(self.request.retries, settings)
+    attempt = self.request.retries
     logger.warning(
         "Storage unavailable for %s, retry %d/%d in %.1fs: %s",
         self.request.id,
@@ -79,10 +80,15 @@ def ingest_task(self: IngestTask, *args: Any, **kwargs: Any) -> str:
         delay,
         exc,
     )
-    # The retry copy carries the error, so a dead letter says why it died.
+    # The copy waits in the delay queue of this attempt and expires back into the
+    # work queue after ``delay``: no countdown, so no ETA held in a worker and no
+    # whole-second rounding (Celery's native delayed delivery on quorum queues).
+    # It carries the error, so a dead letter says why it died.
     raise self.retry(
         exc=exc,
-        countdown=delay,
+        countdown=0,
         max_retries=settings.max_retries,
+        queue=Topology.of(settings).retry_queue(attempt),
+        expiration=delay,
         headers={ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]},
     )

@@ -15,7 +15,8 @@ from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import dead_exchange_name, dead_queue_name
+from telemetry.broker.topology import Topology, dead_exchange_name
+from telemetry.config import ENV_NAMES, Settings, load_settings
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
@@ -25,11 +26,15 @@ from tools.launchers import (
     clean_env,
 )
 
+NAMES = frozenset(ENV_NAMES.values())
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def cli_env(**settings: str) -> dict[str, str]:
-    """Environment for a ``telemetry`` command: ours cleaned, ``settings`` set, repo importable."""
+    """Environment for a ``telemetry`` command: ours cleaned, the test queue type (as the
+    workers get it), ``settings`` set, repo importable."""
+    if os.environ.get("TEST_QUEUE_TYPE"):
+        settings = {"QUEUE_TYPE": os.environ["TEST_QUEUE_TYPE"], **settings}
     return clean_env(**settings)
 
 
@@ -72,14 +77,30 @@ def database(mongo_server: SecantusServer, database_name: str) -> Iterator[Datab
     client.close()
 
 
+def test_settings(queue_name: str, **environment: str) -> Settings:
+    """The settings a test's workers run with: defaults, the queue type `make test` asks for
+    (TEST_QUEUE_TYPE, quorum unless set), then ``environment`` (variable names as keys)."""
+    env = {"TELEMETRY_QUEUE": queue_name}
+    if os.environ.get("TEST_QUEUE_TYPE"):
+        env["QUEUE_TYPE"] = os.environ["TEST_QUEUE_TYPE"]
+    env.update(environment)
+    return load_settings(env=env)
+
+
+# The topologies each test declared (its workers' retry settings differ), for the clean-up.
+_declared: dict[str, list[Topology]] = {}
+
+
 @pytest.fixture
 def queue_name(broker_url: str) -> Iterator[str]:
-    """A queue of this test's own; it and its dead-letter queue are deleted afterwards."""
+    """A queue of this test's own; every queue of its topology is deleted afterwards."""
     name = f"t.{uuid.uuid4().hex[:12]}"
+    _declared[name] = [Topology.of(test_settings(name))]
     yield name
+    names = {queue for topology in _declared.pop(name) for queue in topology.queue_names()}
     with Connection(broker_url) as connection:
         channel = connection.channel()
-        for queue in (name, dead_queue_name(name)):
+        for queue in sorted(names):
             channel.queue_delete(queue)
         for exchange in (name, dead_exchange_name(name)):
             channel.exchange_delete(exchange)
@@ -104,7 +125,11 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(
-        concurrency: int = 10, mongodb_uri: str | None = None, **settings: str
+        concurrency: int = 10,
+        mongodb_uri: str | None = None,
+        app: str = "telemetry",
+        wait: bool = True,
+        **settings: str,
     ) -> WorkerProcess:
         env = clean_env(
             **{
@@ -120,14 +145,22 @@ def start_worker(
                 "MONGO_TIMEOUT_MS": "1000",
             }
         )
-        # `make test` runs the integration tests once more with TEST_BATCH_SIZE=1,
-        # so both the batch path and the per-message path pass the same tests.
+        # `make test` runs the worker and fault tests once more with TEST_BATCH_SIZE=1
+        # and TEST_QUEUE_TYPE=classic, so both write strategies and both queue types
+        # pass the same tests.
         if os.environ.get("TEST_BATCH_SIZE"):
             env["BATCH_SIZE"] = os.environ["TEST_BATCH_SIZE"]
+        if os.environ.get("TEST_QUEUE_TYPE"):
+            env["QUEUE_TYPE"] = os.environ["TEST_QUEUE_TYPE"]
         env.update({key.upper(): value for key, value in settings.items()})
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started) + 1}.log", concurrency)
+        _declared.setdefault(queue_name, []).append(
+            Topology.of(test_settings(queue_name, **{k: v for k, v in env.items() if k in NAMES}))
+        )
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        worker = WorkerProcess(env, log, concurrency, app=app)
         started.append(worker)
-        worker.wait_ready()
+        if wait:
+            worker.wait_ready()
         return worker
 
     yield start
@@ -138,7 +171,7 @@ def start_worker(
 @pytest.fixture
 def publisher(broker_url: str, queue_name: str) -> Iterator[ConfirmingPublisher]:
     """A confirming publisher on this test's queue."""
-    sender = ConfirmingPublisher(Connection(broker_url), queue_name)
+    sender = ConfirmingPublisher(Connection(broker_url), Topology.of(test_settings(queue_name)))
     sender.open()
     yield sender
     sender.close()

@@ -1,83 +1,196 @@
-"""Fault injection on the broker: restarted mid-stream.
+"""Fault injection on the broker: a node restarted mid-stream, a cluster's queue leader killed.
 
-Against real workers, the real RabbitMQ and SecantusDB processes.
-
-Each scenario checks the accounting identity with exact numbers:
-published = stored + rejected + dead-lettered, with no point stored twice
-(the point's ``_id`` makes a second copy impossible, so "stored" is compared
-with the number of distinct points published).
+Both run on private RabbitMQ nodes this test suite starts itself
+(tests/integration/rabbit_support.py): the shared broker at 5672 is never
+stopped. Each checks the accounting identity with exact numbers:
+confirmed = stored + rejected + dead-lettered, with no point stored twice
+(a point's ``_id`` makes a second copy impossible).
 """
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
+from kombu import Connection
 from pymongo.database import Database
 
-from tests.integration.conftest import cli_env, queue_depth
-from tests.integration.faults_support import assert_accounted, stored
+from telemetry.broker.topology import dead_queue_name
+from tests.integration.conftest import cli_env
+from tests.integration.faults_support import stored
+from tests.integration.rabbit_support import private_broker, rabbit_cluster  # noqa: F401
 from tools.launchers import REPO, WorkerProcess, wait_for
+from tools.rabbitmq_nodes import LocalCluster, LocalNode
 
 pytestmark = pytest.mark.faults
 
+SAMPLE = REPO / "telemetry" / "data" / "dcgm_metrics_20250718_134233.csv"
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+def depth(broker_url: str, name: str) -> int:
+    """Messages ready in a queue on a private node (passive: it must exist)."""
+    with Connection(broker_url) as connection:
+        return int(connection.channel().queue_declare(name, passive=True).message_count)
+
+
+class Streamer:
+    """A real ``telemetry stream`` process, its output in a file."""
+
+    def __init__(self, env: dict[str, str], csv_path: Path, points: int, rate: int, log: Path):
+        self.log_path = log
+        self._log: IO[str] = log.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "telemetry.cli",
+                "stream",
+                "--loop",
+                "--limit",
+                str(points),
+                "--rate",
+                str(rate),
+                "--no-progress",
+                str(csv_path),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def finish(self, timeout_s: float = 240) -> str:
+        """Wait for it to exit 0 and return what it printed."""
+        code = self.process.wait(timeout=timeout_s)
+        self._log.close()
+        output = self.log_path.read_text()
+        assert code == 0, output
+        return output
 
 
 def test_broker_restarted_mid_stream_every_confirmed_point_is_stored(
+    private_broker: LocalNode,  # noqa: F811
     start_worker: Callable[..., WorkerProcess],
     database: Database[Any],
-    broker_url: str,
     queue_name: str,
     tmp_path: Path,
 ) -> None:
-    # given: a worker, and a streamer sending 3000 points at 300/s
-    worker = start_worker()
-    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
-    log = (tmp_path / "streamer.log").open("w")
-    streamer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "telemetry.cli",
-            "stream",
-            "--loop",
-            "--limit",
-            "3000",
-            "--rate",
-            "300",
-            "--no-progress",
-            str(REPO / "telemetry/data/dcgm_metrics_20250718_134233.csv"),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    # when: RabbitMQ's application stops for a few seconds mid-stream
-    try:
-        time.sleep(3)
-        rabbitmqctl("stop_app")
-        time.sleep(3)
-    finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+    # given: a worker and a streamer sending 3,000 points at 300/s, both on a private node
+    url = private_broker.amqp_url
+    worker = start_worker(celery_broker_url=url)
+    env = cli_env(CELERY_BROKER_URL=url, TELEMETRY_QUEUE=queue_name)
+    streamer = Streamer(env, SAMPLE, 3000, 300, tmp_path / "streamer.log")
+    # when: the node stops for a few seconds mid-stream, then starts again
+    time.sleep(3)
+    private_broker.stop()
+    time.sleep(3)
+    private_broker.start()
     # then
-    assert streamer.wait(timeout=180) == 0, (tmp_path / "streamer.log").read_text()
-    log.close()
-    output = (tmp_path / "streamer.log").read_text()
+    output = streamer.finish()
     assert "confirmed by the broker: 3,000" in output
     wait_for(
         lambda: stored(database) == 3000,
         180,
         "all 3000 points",
-        lambda: (stored(database), queue_depth(broker_url, queue_name), worker.log()[-4000:]),
+        lambda: (stored(database), worker.log()[-3000:]),
     )
     worker.stop()
-    assert_accounted(database, broker_url, queue_name, published=3000)
+    counts = (
+        stored(database),
+        database["rejected"].count_documents({}),
+        depth(url, dead_queue_name(queue_name)),
+    )
+    print(f"\n[broker restart] confirmed=3000 stored/rejected/dead-lettered={counts}")
+    assert counts == (3000, 0, 0)
+    assert depth(url, queue_name) == 0
+
+
+def renamed_sample(path: Path, prefix: str) -> Path:
+    """The sample CSV with every GPU renamed, so a second streamer's points are its own."""
+    with SAMPLE.open(newline="") as source, path.open("w", newline="") as target:
+        reader = csv.DictReader(source)
+        assert reader.fieldnames is not None
+        writer = csv.DictWriter(target, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        for row in reader:
+            writer.writerow({**row, "uuid": prefix + row["uuid"]})
+    return path
+
+
+LEADER_KILL_POINTS = 2500  # per streamer
+LEADER_KILL_RATE = 250  # points/s per streamer
+
+
+def test_the_queue_leader_killed_mid_stream_loses_nothing_and_the_queue_drains(
+    rabbit_cluster: LocalCluster,  # noqa: F811
+    start_worker: Callable[..., WorkerProcess],
+    database: Database[Any],
+    queue_name: str,
+    tmp_path: Path,
+) -> None:
+    # given: 2 workers and 2 streamers on a 3-node cluster, each with a failover list
+    # that starts at a different node, and a quorum work queue (the default)
+    nodes = rabbit_cluster.nodes
+    workers = [
+        start_worker(
+            celery_broker_url=rabbit_cluster.failover_url(first=nodes[i]), queue_type="quorum"
+        )
+        for i in (0, 1)
+    ]
+    files = [SAMPLE, renamed_sample(tmp_path / "second.csv", "B-")]
+    streamers = [
+        Streamer(
+            cli_env(
+                CELERY_BROKER_URL=rabbit_cluster.failover_url(first=nodes[i + 1]),
+                TELEMETRY_QUEUE=queue_name,
+                QUEUE_TYPE="quorum",
+            ),
+            files[i],
+            LEADER_KILL_POINTS,
+            LEADER_KILL_RATE,
+            tmp_path / f"streamer-{i}.log",
+        )
+        for i in (0, 1)
+    ]
+    total = 2 * LEADER_KILL_POINTS
+    wait_for(lambda: stored(database) >= 1000, 90, "some points stored", lambda: stored(database))
+    # when: the node leading the work queue is killed with SIGKILL, then started again
+    leader = rabbit_cluster.queue_leader(queue_name)
+    killed_at_stored = stored(database)
+    killed_at = time.monotonic()
+    leader.kill()
+    wait_for(
+        lambda: stored(database) > killed_at_stored + 200,
+        120,
+        "points stored again after the leader died",
+        lambda: stored(database),
+    )
+    resumed_s = time.monotonic() - killed_at
+    rabbit_cluster.ensure_running()
+    # then: both streamers had every point confirmed, and every point is stored once
+    for streamer in streamers:
+        assert f"confirmed by the broker: {LEADER_KILL_POINTS:,}" in streamer.finish()
+    wait_for(
+        lambda: stored(database) == total, 240, f"all {total} points", lambda: stored(database)
+    )
+    drained_s = time.monotonic() - killed_at
+    for worker in workers:
+        worker.stop()
+    survivor = next(node for node in nodes if node is not leader).amqp_url
+    counts = (
+        stored(database),
+        database["rejected"].count_documents({}),
+        depth(survivor, dead_queue_name(queue_name)),
+    )
+    print(
+        f"\n[leader kill] killed {leader.name} at {killed_at_stored} stored; storing again "
+        f"{resumed_s:.1f}s later; confirmed={total} stored/rejected/dead-lettered={counts}; "
+        f"all stored {drained_s:.1f}s after the kill"
+    )
+    assert counts == (total, 0, 0)
+    assert depth(survivor, queue_name) == 0

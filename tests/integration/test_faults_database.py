@@ -10,6 +10,7 @@ with the number of distinct points published).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -133,21 +134,39 @@ def test_database_down_past_the_retry_budget_dead_letters_then_replay_stores_all
     assert_accounted(disk_database, broker_url, queue_name, published=400)
 
 
-def channel_unacked() -> int:
-    """The most unacked messages on any one AMQP channel, as RabbitMQ's channels count them.
-
-    The channel's own count is the one its prefetch limit applies to; a queue's
-    count lags behind acks the channel has already processed.
-    """
+def rabbitmqctl_rows(*args: str) -> list[dict[str, Any]]:
+    """``rabbitmqctl -q ARGS --formatter json`` on the shared broker (read-only listings)."""
     output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_channels", "messages_unacknowledged"],
+        ["rabbitmqctl", "-q", *args, "--formatter", "json"],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
-    counts = [int(line) for line in output.split() if line.isdigit()]
-    return max(counts, default=0)
+    rows: list[dict[str, Any]] = json.loads(output)
+    return rows
+
+
+def channel_unacked(queue_name: str) -> int:
+    """The most unacked messages on any one AMQP channel consuming ``queue_name``.
+
+    The channel's own count is the one its prefetch limit applies to; a queue's
+    count lags behind acks the channel has already processed. Only the
+    channels consuming this test's queue count: the broker is shared.
+    """
+    pids = {
+        row["channel_pid"]
+        for row in rabbitmqctl_rows("list_consumers", "queue_name", "channel_pid")
+        if row["queue_name"] == queue_name
+    }
+    return max(
+        (
+            int(row["messages_unacknowledged"])
+            for row in rabbitmqctl_rows("list_channels", "pid", "messages_unacknowledged")
+            if row["pid"] in pids
+        ),
+        default=0,
+    )
 
 
 def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
@@ -177,7 +196,7 @@ def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             peak_kb = max(peak_kb, worker.rss_kb())
-            peak_unacked = max(peak_unacked, channel_unacked())
+            peak_unacked = max(peak_unacked, channel_unacked(queue_name))
             time.sleep(0.5)
         drained = stored(database)
         worker.stop()

@@ -15,11 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kombu import Connection
 from pymongo.database import Database
 
 from telemetry.broker.publisher import ConfirmingPublisher
-from tests.integration.conftest import make_points, publish_points, queue_depth
+from telemetry.broker.topology import Topology, dead_queue_name
+from tests.integration.conftest import make_points, publish_points, queue_depth, test_settings
 from tests.integration.faults_support import assert_accounted, stored
+from tests.integration.poison_app import CRASH_EXIT_CODE, POISON_GPU
 from tools.launchers import WorkerProcess, wait_for
 
 pytestmark = pytest.mark.faults
@@ -96,3 +99,56 @@ def test_worker_stopped_with_sigterm_mid_stream_finishes_what_it_holds_and_loses
     assert final["telemetry_stored"] == at_stop
     assert at_stop + queue_depth(broker_url, queue_name) >= MID_STREAM_POINTS
     drain_with_a_new_worker(start_worker, database, broker_url, queue_name)
+
+
+POISON_LIMIT = 2
+POISON_NEIGHBOURS = 600
+
+
+def test_a_poison_message_that_kills_the_worker_is_dead_lettered_and_the_rest_flows(
+    start_worker: Callable[..., WorkerProcess],
+    database: Database[Any],
+    broker_url: str,
+    queue_name: str,
+) -> None:
+    """On a quorum queue: each crash delivers the poison once more; at the delivery limit
+    RabbitMQ dead-letters it, and every point held with it along the way is stored."""
+    settings = {"queue_type": "quorum", "delivery_limit": str(POISON_LIMIT)}
+    topology = Topology.of(
+        test_settings(queue_name, QUEUE_TYPE="quorum", DELIVERY_LIMIT=str(POISON_LIMIT))
+    )
+    sender = ConfirmingPublisher(Connection(broker_url), topology)
+    sender.open()
+    points = make_points(POISON_NEIGHBOURS)
+    poison = dict(points[0], gpu_uuid=POISON_GPU)
+    try:
+        publish_points(sender, [*points[:250], poison, *points[250:]])
+    finally:
+        sender.close()
+    # when: a worker is started again each time the poison kills it
+    crashes = 0
+    for _ in range(POISON_LIMIT + 4):
+        worker = start_worker(app="tests.integration.poison_app", wait=False, **settings)
+        wait_for(
+            lambda worker=worker: (  # type: ignore[misc]
+                worker.process.poll() is not None or stored(database) == POISON_NEIGHBOURS
+            ),
+            120,
+            "the worker to die or to store every other point",
+            lambda: stored(database),
+        )
+        if worker.process.poll() is None:
+            break
+        assert worker.process.returncode == CRASH_EXIT_CODE, worker.log()
+        crashes += 1
+    # then: N + 1 deliveries of the poison, each a crash; it alone is dead-lettered
+    assert crashes == POISON_LIMIT + 1
+    dead = dead_queue_name(queue_name)
+    wait_for(lambda: queue_depth(broker_url, dead) == 1, 30, "the poison in the dead-letter queue")
+    with Connection(broker_url) as connection:
+        letter = topology.dead_queue()(connection.channel()).get(no_ack=False)
+        assert letter is not None
+        assert letter.headers["x-death"][0]["reason"] == "delivery_limit"
+        assert letter.decode()[1]["point"]["gpu_uuid"] == POISON_GPU
+        letter.requeue()
+    assert_accounted(database, broker_url, queue_name, published=POISON_NEIGHBOURS + 1, dead=1)
