@@ -42,6 +42,7 @@ from telemetry.errors import ConfigError
 LogFormat = Literal["auto", "json", "text"]
 Command = Literal["worker", "stream", "demo", "api"]
 QueueType = Literal["classic", "quorum"]
+TaskEvents = Literal["all", "failures", "off"]
 
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
@@ -206,6 +207,15 @@ class Settings(BaseModel):
         env="GPU_LAST_SEEN_LAG_S",
         help="How far gpus.last_seen may trail the newest point, to skip needless upserts.",
         ge=0,
+    )
+    task_events: TaskEvents = setting(
+        "all",
+        env="TASK_EVENTS",
+        help="Task events for Flower: all; failures (no events for points a batch stored or "
+        "rejected, so Flower keeps up at any rate and still shows retries and failures); off.",
+        flags=("worker",),
+        # Celery's worker has a -E/--task-events switch of its own.
+        flag="--task-events-mode",
     )
     metrics_port: int = setting(
         9842,

@@ -57,6 +57,7 @@ TEXT_SAMPLES = {
     "api_token": "sample-token",
     "mongo_timeout_ms": "700",
     "queue_type": "classic",
+    "task_events": "failures",
 }
 
 

@@ -56,6 +56,18 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def end_process(process: subprocess.Popen[bytes], sig: int, timeout_s: float) -> int:
+    """Send ``sig`` unless it has ended; SIGKILL after ``timeout_s``; return its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def telemetry_command(
     *args: str, env: Mapping[str, str], timeout_s: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -133,15 +145,9 @@ class WorkerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60) -> int:
         """Send ``sig`` and wait for the process to end; return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = end_process(self.process, sig, timeout_s)
         self._log.close()
-        return self.process.returncode
+        return code
 
 
 class FlowerProcess:
@@ -232,11 +238,5 @@ class FlowerProcess:
 
     def stop(self) -> None:
         """Stop Flower."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, signal.SIGTERM, timeout_s=30)
         self._log.close()

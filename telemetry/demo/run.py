@@ -47,9 +47,9 @@ def embedded_worker(settings: Settings, threads: int = DEMO_WORKER_THREADS) -> I
     from telemetry.worker.app import app
 
     app.conf.broker_url = settings.broker_url
+    concurrency = apply_settings(app, settings, threads)
     # Nobody watches events in the demo, and the in-memory broker would only keep them.
     app.conf.worker_send_task_events = False
-    concurrency = apply_settings(app, settings, threads)
     ready = threading.Event()
     worker = app.WorkController(
         pool_cls="threads",

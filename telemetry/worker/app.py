@@ -52,6 +52,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     buffered = max(settings.queue_buffer_size, 2 * settings.batch_size)
     app.conf.worker_prefetch_multiplier = max(1, math.ceil(buffered / threads))
     app.conf.task_queues = [Topology.of(settings).work_queue()]
+    app.conf.worker_send_task_events = settings.task_events != "off"
     app.conf.task_default_queue = settings.queue_name
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name

@@ -17,8 +17,8 @@ batch goes to the pool as one job, which runs the one write path
 Retry copies (they carry a retry count) take the per-task path from the
 start. Redelivered messages (their last holder died or lost the broker
 before settling them) are suspects: one of them may be a poison message
-that kills the worker. They wait in a :class:`Quarantine` and take the
-per-task path one at a time, the least delivered first, so a poison message
+that kills the worker. They wait in a :class:`Quarantine` and are written
+one at a time (a batch of one), the least delivered first, so a poison message
 is handled while as few others as possible are held: innocents held
 with it in one crash are settled in the next round, and the poison alone
 reaches the queue's delivery limit and is dead-lettered (quorum queues).
@@ -239,6 +239,9 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
     """The ``telemetry.ingest`` message handler: Celery's own, or batching in front of it."""
     settings = runtime.current_settings()
     events = port.events()
+    # TASK_EVENTS=failures: what a batch settles sends none; the per-task path
+    # (retries, failures, redeliveries) keeps Celery's events, so Flower shows those.
+    batch_events = settings.task_events == "all"
 
     def alone(pending: Pending) -> None:
         """Celery's per-task path for one message, on the consumer's thread like all its calls."""
@@ -267,8 +270,14 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             if result is None:
                 port.call_soon(alone, pending)
         metrics.count_batched(len(done))
+        if len(state.quarantine):
+            # After the acks above (the consumer runs its calls in order), so the next
+            # suspect is only ever held beside settled ones.
+            port.call_soon(next_suspect)
         # Events only for messages settled here: the per-task path sends its own,
         # so a message never shows as received twice.
+        if not batch_events:
+            return
         runtime_s = time.monotonic() - started
         events.send(
             [("task-received", pending.received_event(task.name)) for pending, _ in done]
@@ -306,13 +315,16 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
     if previous is not None:
         metrics.in_flight_dec(previous.discard())
 
+    def next_suspect() -> None:
+        """Write the next redelivered message on its own, once the one before is settled."""
+        suspect = state.quarantine.next_due()
+        if suspect is not None:
+            submit([suspect])
+
     def tick() -> None:
         if batcher is not None:
             batcher.flush_due()
-        suspect = state.quarantine.next_due()
-        if suspect is not None:
-            metrics.in_flight_dec()
-            port.call_soon(alone, suspect)
+        next_suspect()
 
     # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
     state.timer = port.every(min(flush_interval_s / 4, 0.02), tick)

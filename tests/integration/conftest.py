@@ -77,7 +77,7 @@ def database(mongo_server: SecantusServer, database_name: str) -> Iterator[Datab
     client.close()
 
 
-def test_settings(queue_name: str, **environment: str) -> Settings:
+def settings_for(queue_name: str, **environment: str) -> Settings:
     """The settings a test's workers run with: defaults, the queue type `make test` asks for
     (TEST_QUEUE_TYPE, quorum unless set), then ``environment`` (variable names as keys)."""
     env = {"TELEMETRY_QUEUE": queue_name}
@@ -95,7 +95,7 @@ _declared: dict[str, list[Topology]] = {}
 def queue_name(broker_url: str) -> Iterator[str]:
     """A queue of this test's own; every queue of its topology is deleted afterwards."""
     name = f"t.{uuid.uuid4().hex[:12]}"
-    _declared[name] = [Topology.of(test_settings(name))]
+    _declared[name] = [Topology.of(settings_for(name))]
     yield name
     names = {queue for topology in _declared.pop(name) for queue in topology.queue_names()}
     with Connection(broker_url) as connection:
@@ -154,7 +154,7 @@ def start_worker(
             env["QUEUE_TYPE"] = os.environ["TEST_QUEUE_TYPE"]
         env.update({key.upper(): value for key, value in settings.items()})
         _declared.setdefault(queue_name, []).append(
-            Topology.of(test_settings(queue_name, **{k: v for k, v in env.items() if k in NAMES}))
+            Topology.of(settings_for(queue_name, **{k: v for k, v in env.items() if k in NAMES}))
         )
         log = tmp_path / f"worker-{len(started) + 1}.log"
         worker = WorkerProcess(env, log, concurrency, app=app)
@@ -171,7 +171,7 @@ def start_worker(
 @pytest.fixture
 def publisher(broker_url: str, queue_name: str) -> Iterator[ConfirmingPublisher]:
     """A confirming publisher on this test's queue."""
-    sender = ConfirmingPublisher(Connection(broker_url), Topology.of(test_settings(queue_name)))
+    sender = ConfirmingPublisher(Connection(broker_url), Topology.of(settings_for(queue_name)))
     sender.open()
     yield sender
     sender.close()

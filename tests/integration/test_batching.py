@@ -11,6 +11,7 @@ import pytest
 from pymongo.database import Database
 
 from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.demo.embedded import SecantusServer
 from telemetry.worker.app import app
 from tests.integration.conftest import make_points, publish_points, queue_depth
 from tools.launchers import WorkerProcess, wait_for
@@ -142,3 +143,38 @@ def test_batch_commits_work_with_a_process_pool(
     assert queue_depth(broker_url, queue_name) == 0
     assert '"pool": "prefork"' in worker.log() or "(prefork)" in worker.log()
     assert database["gpus"].count_documents({}) == 8
+
+
+def test_task_events_failures_sends_none_for_batch_commits_but_keeps_failures(
+    start_worker: Callable[..., WorkerProcess],
+    publisher: ConfirmingPublisher,
+    queue_name: str,
+    event_log: EventLog,
+) -> None:
+    # given: a worker that sends task events for failures only, and a database it
+    # reaches through a server this test stops
+    server = SecantusServer(":memory:")
+    server.start()
+    worker = start_worker(
+        batch_size="50",
+        task_events="failures",
+        mongodb_uri=server.uri,
+        max_retries="0",
+        instance_id=queue_name,
+    )
+    try:
+        # when: points the batches store, then one while the database is down
+        stored_ids = set(publish_points(publisher, make_points(120)))
+        wait_for(lambda: processed(worker) == 120, 60, "120 messages settled")
+        server.stop()
+        failed_ids = set(publish_points(publisher, make_points(121)[120:]))
+        # then: the failure shows, the 120 batch-stored points send no event at all
+        wait_for(
+            lambda: len(event_log.of("task-failed", failed_ids)) == 1, 60, "the task-failed event"
+        )
+    finally:
+        server.stop()
+    assert event_log.of("task-received", stored_ids) == {}
+    assert event_log.of("task-succeeded", stored_ids) == {}
+    assert worker.stop() == 0
+    assert worker.last_stats()["telemetry_stored"] == 120

@@ -20,7 +20,7 @@ from pymongo.database import Database
 
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import Topology, dead_queue_name
-from tests.integration.conftest import make_points, publish_points, queue_depth, test_settings
+from tests.integration.conftest import make_points, publish_points, queue_depth, settings_for
 from tests.integration.faults_support import assert_accounted, stored
 from tests.integration.poison_app import CRASH_EXIT_CODE, POISON_GPU
 from tools.launchers import WorkerProcess, wait_for
@@ -115,7 +115,7 @@ def test_a_poison_message_that_kills_the_worker_is_dead_lettered_and_the_rest_fl
     RabbitMQ dead-letters it, and every point held with it along the way is stored."""
     settings = {"queue_type": "quorum", "delivery_limit": str(POISON_LIMIT)}
     topology = Topology.of(
-        test_settings(queue_name, QUEUE_TYPE="quorum", DELIVERY_LIMIT=str(POISON_LIMIT))
+        settings_for(queue_name, QUEUE_TYPE="quorum", DELIVERY_LIMIT=str(POISON_LIMIT))
     )
     sender = ConfirmingPublisher(Connection(broker_url), topology)
     sender.open()
@@ -126,15 +126,17 @@ def test_a_poison_message_that_kills_the_worker_is_dead_lettered_and_the_rest_fl
     finally:
         sender.close()
     # when: a worker is started again each time the poison kills it
+    dead = dead_queue_name(queue_name)
     crashes = 0
     for _ in range(POISON_LIMIT + 4):
         worker = start_worker(app="tests.integration.poison_app", wait=False, **settings)
         wait_for(
             lambda worker=worker: (  # type: ignore[misc]
-                worker.process.poll() is not None or stored(database) == POISON_NEIGHBOURS
+                worker.process.poll() is not None
+                or (stored(database) == POISON_NEIGHBOURS and queue_depth(broker_url, dead) == 1)
             ),
             120,
-            "the worker to die or to store every other point",
+            "the worker to die, or every other point stored and the poison dead-lettered",
             lambda: stored(database),
         )
         if worker.process.poll() is None:
@@ -143,7 +145,6 @@ def test_a_poison_message_that_kills_the_worker_is_dead_lettered_and_the_rest_fl
         crashes += 1
     # then: N + 1 deliveries of the poison, each a crash; it alone is dead-lettered
     assert crashes == POISON_LIMIT + 1
-    dead = dead_queue_name(queue_name)
     wait_for(lambda: queue_depth(broker_url, dead) == 1, 30, "the poison in the dead-letter queue")
     with Connection(broker_url) as connection:
         letter = topology.dead_queue()(connection.channel()).get(no_ack=False)
