@@ -264,8 +264,7 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
         metrics.in_flight_dec(len(batch))
         paired = list(zip(batch, results, strict=True))
         done = [(pending, result) for pending, result in paired if result is not None]
-        for pending, _ in done:
-            pending.delivered.ack()
+        port.ack_together([pending.delivered for pending, _ in done])
         for pending, result in paired:
             if result is None:
                 port.call_soon(alone, pending)

@@ -16,6 +16,9 @@ used only in this module:
   ``connection_for_write`` / ``ensure_connected``, and the hooks
   ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
   ``on_unknown_task``;
+* kombu's ``Message.ack(multiple=True)`` and its ``_state`` field, to settle a
+  run of deliveries with one multiple-ack (:class:`Unsettled`), marking the
+  others of the run acknowledged as kombu would;
 * the event dispatcher's ``mutex``, ``producer``, ``exchange``, ``clock``,
   ``hostname``, ``pid``, ``serializer``, ``headers`` and ``delivery_mode``,
   to send a batch's task events as one ``task.multi`` message, the way
@@ -135,6 +138,61 @@ class Delivered:
         return handler(self.message, self._body, self._ack, self._reject, self._callbacks)
 
 
+class Unsettled:
+    """The task channel's deliveries not yet settled, in delivery order; consumer thread only.
+
+    Acking each message of a batch costs a frame and a socket write apiece
+    (a fifth of the worker's CPU, profiled). :meth:`ack` settles a batch with
+    one multiple-ack instead: RabbitMQ's ``multiple`` acks every delivery up
+    to a tag, so it is used only as far as every earlier delivery still
+    unsettled on the channel belongs to the batch; the rest are acked one by
+    one.
+    """
+
+    # Settled deliveries stay listed until the ones before them are settled;
+    # past this many, they are swept out at once.
+    SWEEP_AT = 20_000
+
+    def __init__(self, connection_errors: Any) -> None:
+        self._connection_errors = connection_errors
+        self._channel: Any = None
+        self._open: dict[int, Any] = {}  # delivery tag → message, in delivery order
+
+    def arrived(self, message: Any) -> None:
+        """Note a delivery; a new channel (after a reconnect) starts a new list."""
+        if message.channel is not self._channel:
+            self._channel, self._open = message.channel, {}
+        self._open[message.delivery_tag] = message
+        if len(self._open) > self.SWEEP_AT:
+            self._open = {tag: m for tag, m in self._open.items() if not m.acknowledged}
+
+    def ack(self, messages: list[Any]) -> None:
+        """Ack ``messages``: one multiple-ack for the leading run, single acks for the rest."""
+        mine = [m for m in messages if m.channel is self._channel and not m.acknowledged]
+        others = [m for m in messages if m.channel is not self._channel]
+        wanted = {m.delivery_tag for m in mine}
+        run: list[Any] = []
+        for tag, message in list(self._open.items()):
+            if tag in wanted:
+                run.append(message)
+            elif not message.acknowledged:
+                break  # held by someone else: a multiple-ack past it would settle it too
+            del self._open[tag]
+        try:
+            if run:
+                run[-1].ack(multiple=True)
+                for message in run[:-1]:
+                    message._state = "ACK"  # settled by the multiple-ack above
+            in_run = {id(m) for m in run}
+            for message in [*(m for m in mine if id(m) not in in_run), *others]:
+                if not message.acknowledged:
+                    message.ack()
+                    self._open.pop(message.delivery_tag, None)
+        except self._connection_errors as exc:
+            # The channel is gone: RabbitMQ redelivers whatever was not acked.
+            logger.error("Could not ack %d messages: %r", len(messages), exc)
+
+
 class ConsumerPort:
     """What the batch path needs of Celery's worker consumer, and nothing more."""
 
@@ -149,6 +207,15 @@ class ConsumerPort:
     ) -> Delivered:
         """Wrap a message a strategy was handed."""
         return Delivered(message, body, ack, reject, callbacks, self._consumer.connection_errors)
+
+    def ack_together(self, delivered: list[Delivered]) -> None:
+        """Ack these messages on the consumer's thread, a run of them with one frame."""
+        unsettled: Unsettled | None = getattr(self._consumer, "unsettled", None)
+        if unsettled is None:
+            for one in delivered:
+                one.ack()
+            return
+        self._consumer.call_soon(unsettled.ack, [one.message for one in delivered])
 
     def run_in_pool(
         self,
@@ -281,6 +348,14 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             if not step.endswith(":DelayedDelivery")
         ]
 
+    @property
+    def unsettled(self) -> Unsettled:
+        """The deliveries of the task channel not yet settled (see :class:`Unsettled`)."""
+        tracker: Unsettled | None = self.__dict__.get("_unsettled")
+        if tracker is None:
+            tracker = self.__dict__["_unsettled"] = Unsettled(self.connection_errors)
+        return tracker
+
     def on_arrival(self, message: Any) -> None:
         """Called once for every message taken from the queue."""
 
@@ -307,6 +382,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
+            self.unsettled.arrived(message)
             self.on_arrival(message)
             problem = body_shape_problem(message)
             if problem is not None:

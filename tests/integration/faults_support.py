@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,19 @@ from pymongo.database import Database
 from telemetry.broker.topology import dead_queue_name
 from tests.integration.conftest import queue_depth
 from tools.launchers import telemetry_command
+
+
+def queue_total(queue_name: str) -> int:
+    """Messages in a queue of the shared broker, ready and unacked alike (read-only rabbitmqctl)."""
+    output = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rows: list[dict[str, Any]] = json.loads(output)
+    return sum(int(row["messages"]) for row in rows if row["name"] == queue_name)
 
 
 def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> str:

@@ -21,7 +21,7 @@ from pymongo.database import Database
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import Topology, dead_queue_name
 from tests.integration.conftest import make_points, publish_points, queue_depth, settings_for
-from tests.integration.faults_support import assert_accounted, stored
+from tests.integration.faults_support import assert_accounted, queue_total, stored
 from tests.integration.poison_app import CRASH_EXIT_CODE, POISON_GPU
 from tools.launchers import WorkerProcess, wait_for
 
@@ -53,6 +53,14 @@ def drain_with_a_new_worker(
     second = start_worker()
     wait_for(
         lambda: stored(database) == MID_STREAM_POINTS, 120, "all points", lambda: stored(database)
+    )
+    # Redelivered copies of points the first worker stored but never acked are
+    # written one at a time (they are suspects); the queue is empty once they are.
+    wait_for(
+        lambda: queue_total(queue_name) == 0,
+        120,
+        "no message left",
+        lambda: queue_total(queue_name),
     )
     second.stop()
     assert_accounted(database, broker_url, queue_name, published=MID_STREAM_POINTS)
