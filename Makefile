@@ -31,9 +31,12 @@ test: $(STAMP) browser
 faults: $(STAMP)
 	$(PY) -m pytest -m faults
 
-## Throughput against baselines from the same run (see benchmarks/run.py; BENCH_ARGS to tune).
+## Throughput against baselines from the same run, one benchmark at a time: the pipeline
+## against bare kombu (benchmarks/run.py; BENCH_ARGS to tune), queue types on private
+## RabbitMQ nodes and a local cluster (benchmarks/queues.py), the read API (benchmarks/api.py).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
+	$(PY) -m benchmarks.queues
 	$(PY) -m benchmarks.api
 
 ## A local 3-node RabbitMQ cluster on private ports (tools/rabbitmq_nodes.py; the shared
