@@ -42,6 +42,7 @@ instead of silently falling back to slower paths.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
@@ -149,22 +150,26 @@ class Unsettled:
     one.
     """
 
-    # Settled deliveries stay listed until the ones before them are settled;
-    # past this many, they are swept out at once.
-    SWEEP_AT = 20_000
+    SWEEP_AT = 10_000
 
     def __init__(self, connection_errors: Any) -> None:
         self._connection_errors = connection_errors
         self._channel: Any = None
-        self._open: dict[int, Any] = {}  # delivery tag → message, in delivery order
+        # delivery tag → message, in delivery order; settled ones leave from the front
+        self._open: OrderedDict[int, Any] = OrderedDict()
 
     def arrived(self, message: Any) -> None:
         """Note a delivery; a new channel (after a reconnect) starts a new list."""
         if message.channel is not self._channel:
-            self._channel, self._open = message.channel, {}
+            self._channel, self._open = message.channel, OrderedDict()
         self._open[message.delivery_tag] = message
+        # Settled elsewhere (Celery's per-task path, a bad message): forget them as soon
+        # as nothing unsettled is before them, so the list stays about a prefetch long.
+        while self._open and next(iter(self._open.values())).acknowledged:
+            self._open.popitem(last=False)
         if len(self._open) > self.SWEEP_AT:
-            self._open = {tag: m for tag, m in self._open.items() if not m.acknowledged}
+            # Behind one message held for long (a hung task, say): sweep the settled out.
+            self._open = OrderedDict((t, m) for t, m in self._open.items() if not m.acknowledged)
 
     def ack(self, messages: list[Any]) -> None:
         """Ack ``messages``: one multiple-ack for the leading run, single acks for the rest."""
