@@ -80,6 +80,9 @@ class SecantusServer:
             ],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+            # A session of its own: Ctrl-C at the terminal reaches the whole foreground
+            # process group, and the database must outlive the demo's own shutdown.
+            start_new_session=True,
         )
         self.wait_ready(timeout_s)
 

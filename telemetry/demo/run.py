@@ -22,10 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
-from telemetry.errors import BrokerUnavailable, TelemetryError
+from telemetry.errors import BrokerUnavailable, StorageUnavailable, TelemetryError
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.streamer.progress import ProgressBar
@@ -268,9 +270,14 @@ def run_demo(
             problem = wait_until_settled(
                 report.confirmed, progress, stop, stall_diagnosis(settings), stall_timeout_s
             )
-        new_points = store.database["telemetry"].count_documents({"ingested_at": {"$gte": since}})
-        result = DemoResult(report, STATS.snapshot(), new_points, problem)
-        print_tables(store)
+        try:
+            new_points = store.database["telemetry"].count_documents(
+                {"ingested_at": {"$gte": since}}
+            )
+            result = DemoResult(report, STATS.snapshot(), new_points, problem)
+            print_tables(store)
+        except PyMongoError as exc:
+            raise StorageUnavailable(f"cannot read the results back: {exc}") from exc
         print()
         for line in result.summary():
             print(line)

@@ -354,11 +354,19 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         ]
 
     @property
-    def unsettled(self) -> Unsettled:
-        """The deliveries of the task channel not yet settled (see :class:`Unsettled`)."""
-        tracker: Unsettled | None = self.__dict__.get("_unsettled")
-        if tracker is None:
-            tracker = self.__dict__["_unsettled"] = Unsettled(self.connection_errors)
+    def unsettled(self) -> Unsettled | None:
+        """The deliveries of the task channel not yet settled (see :class:`Unsettled`).
+
+        None where the transport has no multiple-ack: kombu's virtual transports
+        (the demo's in-memory broker) ack only the tag named, so each message
+        is acked on its own there. Asked once messages flow, when the
+        connection is known.
+        """
+        if "_unsettled" not in self.__dict__:
+            transport = getattr(getattr(self, "connection", None), "transport", None)
+            amqp = getattr(transport, "driver_type", None) == "amqp"
+            self.__dict__["_unsettled"] = Unsettled(self.connection_errors) if amqp else None
+        tracker: Unsettled | None = self.__dict__["_unsettled"]
         return tracker
 
     def on_arrival(self, message: Any) -> None:
@@ -387,7 +395,9 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         handle = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
-            self.unsettled.arrived(message)
+            unsettled = self.unsettled
+            if unsettled is not None:
+                unsettled.arrived(message)
             self.on_arrival(message)
             problem = body_shape_problem(message)
             if problem is not None:
