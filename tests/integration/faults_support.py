@@ -15,16 +15,22 @@ from tests.integration.conftest import queue_depth
 from tools.launchers import telemetry_command
 
 
-def queue_total(queue_name: str) -> int:
-    """Messages in a queue of the shared broker, ready and unacked alike (read-only rabbitmqctl)."""
+def rabbitmqctl_rows(*args: str) -> list[dict[str, Any]]:
+    """``rabbitmqctl -q ARGS --formatter json`` on the shared broker (read-only listings)."""
     output = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "messages", "--formatter", "json"],
+        ["rabbitmqctl", "-q", *args, "--formatter", "json"],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout
     rows: list[dict[str, Any]] = json.loads(output)
+    return rows
+
+
+def queue_total(queue_name: str) -> int:
+    """Messages in a queue of the shared broker, ready and unacked alike (read-only rabbitmqctl)."""
+    rows = rabbitmqctl_rows("list_queues", "name", "messages")
     return sum(int(row["messages"]) for row in rows if row["name"] == queue_name)
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from kombu import Connection
 from pymongo.database import Database
 
 from telemetry.broker.topology import dead_queue_name
-from tests.integration.conftest import cli_env
+from tests.integration.conftest import cli_env, queue_depth
 from tests.integration.faults_support import stored
 from tests.integration.rabbit_support import private_broker, rabbit_cluster  # noqa: F401
 from tools.launchers import REPO, WorkerProcess, wait_for
@@ -38,12 +37,6 @@ def messages_on(node: LocalNode, name: str) -> int:
     """Messages in a queue of a private node, ready and unacked alike."""
     rows = json.loads(node.ctl("list_queues", "-q", "name", "messages", "--formatter", "json"))
     return sum(int(row["messages"]) for row in rows if row["name"] == name)
-
-
-def depth(broker_url: str, name: str) -> int:
-    """Messages ready in a queue on a private node (passive: it must exist)."""
-    with Connection(broker_url) as connection:
-        return int(connection.channel().queue_declare(name, passive=True).message_count)
 
 
 class Streamer:
@@ -110,11 +103,11 @@ def test_broker_restarted_mid_stream_every_confirmed_point_is_stored(
     counts = (
         stored(database),
         database["rejected"].count_documents({}),
-        depth(url, dead_queue_name(queue_name)),
+        queue_depth(url, dead_queue_name(queue_name)),
     )
     print(f"\n[broker restart] confirmed=3000 stored/rejected/dead-lettered={counts}")
     assert counts == (3000, 0, 0)
-    assert depth(url, queue_name) == 0
+    assert queue_depth(url, queue_name) == 0
 
 
 def renamed_sample(path: Path, prefix: str) -> Path:
@@ -203,7 +196,7 @@ def test_the_queue_leader_killed_mid_stream_loses_nothing_and_the_queue_drains(
     counts = (
         stored(database),
         database["rejected"].count_documents({}),
-        depth(survivor, dead_queue_name(queue_name)),
+        queue_depth(survivor, dead_queue_name(queue_name)),
     )
     print(
         f"\n[leader kill] killed {leader.name} at {killed_at_stored} stored; storing again "
@@ -211,4 +204,4 @@ def test_the_queue_leader_killed_mid_stream_loses_nothing_and_the_queue_drains(
         f"all stored {stored_s:.1f}s and the queue empty {drained_s:.1f}s after the kill"
     )
     assert counts == (total, 0, 0)
-    assert depth(survivor, queue_name) == 0
+    assert queue_depth(survivor, queue_name) == 0

@@ -10,8 +10,6 @@ with the number of distinct points published).
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import dead_queue_name
 from telemetry.demo.embedded import SecantusServer
 from tests.integration.conftest import cli_env, make_points, publish_points, queue_depth
-from tests.integration.faults_support import assert_accounted, run_cli, stored
+from tests.integration.faults_support import assert_accounted, rabbitmqctl_rows, run_cli, stored
 from tests.integration.latency_proxy import LatencyProxy
 from tools.launchers import WorkerProcess, wait_for
 
@@ -132,19 +130,6 @@ def test_database_down_past_the_retry_budget_dead_letters_then_replay_stores_all
     assert stats["dead_lettered"] == 100
     assert stats["retries"] == 200
     assert_accounted(disk_database, broker_url, queue_name, published=400)
-
-
-def rabbitmqctl_rows(*args: str) -> list[dict[str, Any]]:
-    """``rabbitmqctl -q ARGS --formatter json`` on the shared broker (read-only listings)."""
-    output = subprocess.run(
-        ["rabbitmqctl", "-q", *args, "--formatter", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    rows: list[dict[str, Any]] = json.loads(output)
-    return rows
 
 
 def channel_unacked(queue_name: str) -> int:
