@@ -23,7 +23,13 @@ from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import dead_queue_name
 from telemetry.demo.embedded import SecantusServer
 from tests.integration.conftest import cli_env, make_points, publish_points, queue_depth
-from tests.integration.faults_support import assert_accounted, rabbitmqctl_rows, run_cli, stored
+from tests.integration.faults_support import (
+    assert_accounted,
+    queue_total,
+    rabbitmqctl_rows,
+    run_cli,
+    stored,
+)
 from tests.integration.latency_proxy import LatencyProxy
 from tools.launchers import WorkerProcess, wait_for
 
@@ -197,4 +203,11 @@ def test_slow_database_under_a_large_backlog_keeps_worker_memory_bounded(
     assert 0 < drained < 20_000, "the database really was slow"
     assert peak_unacked <= 500, "prefetch bounds what a worker holds"
     assert peak_kb - baseline_kb < 64 * 1024
-    assert queue_depth(broker_url, queue_name) + stored(database) == 20_000
+    # and nothing was lost: a worker on the database itself stores the rest, each point
+    # once. (Counting the queue at the stop is not exact: a batch that finished during
+    # the warm shutdown is stored, but its acks, queued for the consumer's loop after
+    # the loop ended, never go out, so those messages come back as duplicates.)
+    start_worker()
+    wait_for(lambda: stored(database) == 20_000, 120, "all points", lambda: stored(database))
+    wait_for(lambda: queue_total(queue_name) == 0, 120, "an empty queue")
+    assert stored(database) == 20_000
