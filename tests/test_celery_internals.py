@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import pytest
 from celery import Celery
 from celery.apps import worker as celery_apps_worker
 from celery.events import EventDispatcher
@@ -58,12 +59,21 @@ def test_the_event_dispatcher_has_the_attributes_a_batch_of_events_is_sent_with(
             "enabled",
         ):
             assert hasattr(dispatcher, name), name
-        assert callable(dispatcher.clock.forward)
+        # The batch takes its run of clock values under the clock's own lock.
+        assert hasattr(dispatcher.clock, "mutex")
+        before = dispatcher.clock.value
         # One message carrying a list of events, as the batch path sends them.
-        celery_internals.TaskEventSender(dispatcher).send(
-            [("task-succeeded", {"uuid": "u-1", "result": "'stored'", "runtime": 0.1})]
-        )
+        events = [
+            ("task-received", {"uuid": "u-1", "name": "telemetry.ingest"}),
+            ("task-succeeded", {"uuid": "u-1", "result": "'stored'", "runtime": 0.1}),
+        ]
+        celery_internals.TaskEventSender(dispatcher).send(events)
         dispatcher.close()
+    received, succeeded = (fields for _, fields in events)
+    assert (received["type"], succeeded["type"]) == ("task-received", "task-succeeded")
+    assert (received["clock"], succeeded["clock"]) == (before + 1, before + 2)
+    assert dispatcher.clock.value == before + 2
+    assert received["hostname"] == "probe@host" and "timestamp" in succeeded
 
 
 def test_worker_state_and_the_worker_class_have_what_the_door_uses() -> None:
@@ -148,3 +158,41 @@ def test_a_new_channel_starts_a_new_list() -> None:
     unsettled.ack(fresh)
     assert new.acks == [(2, True)]
     assert old.acks == []
+
+
+def _json_message(body: str | bytes) -> Any:
+    from kombu.message import Message
+
+    return Message(
+        body=body,
+        content_type="application/json",
+        content_encoding="utf-8",
+        accept={"application/json"},
+    )
+
+
+def test_a_plain_json_body_decodes_to_what_kombu_gives() -> None:
+    text = '[[], {"point": {"gpu_uuid": "GPU-1", "value": 1.5}}, {"chain": null}]'
+    for body in (text, text.encode()):
+        fast = _json_message(body)
+        celery_internals.decode_plain_json(fast)
+        assert fast._decoded_cache is not None  # taken by the fast path
+        assert fast.decode() == _json_message(body).decode()
+
+
+def test_kombu_envelopes_and_bad_bodies_are_left_to_kombu() -> None:
+    import datetime
+
+    from kombu.exceptions import DecodeError
+
+    enveloped = _json_message(
+        '[[], {"at": {"__type__": "datetime", "__value__": "2025-07-18T20:42:34+00:00"}}, {}]'
+    )
+    celery_internals.decode_plain_json(enveloped)
+    assert enveloped._decoded_cache is None
+    assert isinstance(enveloped.decode()[1]["at"], datetime.datetime)
+    broken = _json_message("[[], {")
+    celery_internals.decode_plain_json(broken)
+    assert broken._decoded_cache is None
+    with pytest.raises(DecodeError):
+        broken.decode()

@@ -148,9 +148,16 @@ class ConfirmingPublisher:
             self._nacked.append(self._pending.pop(tag))
 
     def _settled_tags(self, delivery_tag: int, multiple: bool) -> list[int]:
-        if multiple:
-            return [tag for tag in self._pending if tag <= delivery_tag]
-        return [delivery_tag] if delivery_tag in self._pending else []
+        if not multiple:
+            return [delivery_tag] if delivery_tag in self._pending else []
+        # Tags are pending in the order they were sent: stop at the first one past
+        # the confirm instead of scanning a whole window per confirm.
+        settled = []
+        for tag in self._pending:
+            if tag > delivery_tag:
+                break
+            settled.append(tag)
+        return settled
 
     def _reconnect(self, exc: BaseException) -> None:
         """Reconnect with backoff and resend everything not yet confirmed."""

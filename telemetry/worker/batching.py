@@ -89,13 +89,9 @@ class Pending:
             "expires": None,
         }
 
-    def succeeded_event(self, result: str, runtime_s: float) -> dict[str, Any]:
-        """The ``task-succeeded`` event fields; the result reads as in the per-task path."""
-        return {
-            "uuid": self.delivery.message_id,
-            "result": result_text(result),
-            "runtime": runtime_s,
-        }
+    def succeeded_event(self, shown_result: str, runtime_s: float) -> dict[str, Any]:
+        """The ``task-succeeded`` event fields; ``shown_result`` reads as Celery shows results."""
+        return {"uuid": self.delivery.message_id, "result": shown_result, "runtime": runtime_s}
 
 
 def write_batch(deliveries: Sequence[Delivery]) -> BatchResult:
@@ -278,9 +274,14 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
         if not batch_events:
             return
         runtime_s = time.monotonic() - started
+        # A batch has a few distinct results ("stored", "duplicate"): render each once.
+        shown = {result: result_text(result) for result in {result for _, result in done}}
         events.send(
             [("task-received", pending.received_event(task.name)) for pending, _ in done]
-            + [("task-succeeded", pending.succeeded_event(r, runtime_s)) for pending, r in done]
+            + [
+                ("task-succeeded", pending.succeeded_event(shown[result], runtime_s))
+                for pending, result in done
+            ]
         )
 
     def submit(batch: list[Pending]) -> None:
@@ -334,15 +335,15 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             settings.flush_interval_ms,
         )
 
-    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> Any:
-        delivered = port.delivered(message, body, ack, reject, callbacks)
+    def take(delivered: Delivered) -> bool:
+        """Hold a fresh or redelivered message for a batch; False leaves it to the per-task path."""
         headers = delivered.headers
         if headers.get("eta") or headers.get("retries"):
-            return delivered.hand_to(per_task)
+            return False
         suspect = delivered.delivery_count
         if not suspect and batcher is None:
-            return delivered.hand_to(per_task)
-        # The consumer checked the body's shape before any strategy sees it.
+            return False
+        # The consumer checked the body's shape before any handler sees it.
         args, kwargs = delivered.decode()
         pending = Pending(
             delivered, Delivery(str(headers["id"]), args, kwargs), time.monotonic(), time.time()
@@ -352,7 +353,17 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             state.quarantine.add(pending, suspect)
         elif batcher is not None:
             batcher.add(pending)
-        return None
+        return True
+
+    # Messages are offered to `take` before Celery's handler; those it declines
+    # reach this strategy through Celery's handler and take the per-task path.
+    port.take_first(task.name, take)
+
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> Any:
+        delivered = port.delivered(message, body, ack, reject, callbacks)
+        if take(delivered):
+            return None
+        return delivered.hand_to(per_task)
 
     return handle
 
