@@ -63,13 +63,13 @@ class Point(BaseModel):
     def _real_time(cls, value: Any) -> datetime:
         return parse_timestamp(value)
 
-    def wire(self) -> dict[str, Any]:
-        """The JSON-ready form a producer puts in the ``point`` argument."""
+    def wire(self, timestamp: datetime | None = None) -> dict[str, Any]:
+        """The JSON-ready ``point`` argument; ``timestamp`` replaces the point's own time."""
         body: dict[str, Any] = {
             "gpu_uuid": self.gpu_uuid,
             "metric_name": self.metric_name,
             "value": self.value,
-            "timestamp": format_timestamp(self.timestamp),
+            "timestamp": format_timestamp(self.timestamp if timestamp is None else timestamp),
         }
         if self.labels_raw is not None:
             body["labels_raw"] = self.labels_raw
@@ -209,12 +209,32 @@ def parse_message(point: Any, metadata: Any) -> tuple[Point, GpuMetadata]:
     except ValidationError as exc:
         raise InvalidMessage(describe_validation_error(exc), RejectionKind.INVALID_POINT) from exc
     try:
-        parsed_metadata = GpuMetadata.model_validate(metadata or {})
+        parsed_metadata = gpu_metadata(metadata or {})
     except ValidationError as exc:
         raise InvalidMessage(
             describe_validation_error(exc), RejectionKind.INVALID_METADATA
         ) from exc
     return parsed_point, parsed_metadata
+
+
+def gpu_metadata(fields: Mapping[str, Any]) -> GpuMetadata:
+    """Validate a point's GPU metadata; a GPU sends the same with every point, so once.
+
+    :class:`GpuMetadata` is frozen, so one validated instance can serve every
+    point that carried the same fields (the type is part of the key: ``1``,
+    ``1.0`` and ``True`` are equal in Python but not as input). Invalid
+    metadata raises every time; unhashable values are validated each time.
+    """
+    try:
+        key = frozenset((name, type(value), value) for name, value in fields.items())
+    except TypeError:
+        return GpuMetadata.model_validate(fields)
+    return _validated_metadata(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _validated_metadata(key: frozenset[tuple[str, type, Any]]) -> GpuMetadata:
+    return GpuMetadata.model_validate({name: value for name, _, value in key})
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -196,3 +196,35 @@ def test_kombu_envelopes_and_bad_bodies_are_left_to_kombu() -> None:
     assert broken._decoded_cache is None
     with pytest.raises(DecodeError):
         broken.decode()
+
+
+def test_the_event_exchange_is_declared_once_per_channel() -> None:
+    from threading import Lock
+    from types import SimpleNamespace
+
+    from kombu.clocks import LamportClock
+
+    published: list[dict[str, Any]] = []
+    producer = SimpleNamespace(channel=object(), publish=lambda body, **kw: published.append(kw))
+    dispatcher = SimpleNamespace(
+        enabled=True,
+        clock=LamportClock(),
+        hostname="probe@host",
+        pid=1,
+        mutex=Lock(),
+        producer=producer,
+        exchange=SimpleNamespace(name="celeryev"),
+        serializer="json",
+        headers={},
+        delivery_mode=1,
+    )
+    sender = celery_internals.TaskEventSender(dispatcher)
+    for _ in range(2):
+        sender.send([("task-succeeded", {"uuid": "u-1"})])
+    producer.channel = object()  # a reconnect: a new channel
+    sender.send([("task-succeeded", {"uuid": "u-2"})])
+    assert [call["declare"] for call in published] == [
+        [dispatcher.exchange],
+        [],
+        [dispatcher.exchange],
+    ]

@@ -6,9 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from telemetry.errors import InvalidMessage
-from telemetry.models import GpuMetadata, Point, format_timestamp, parse_labels, parse_message
+from telemetry.models import (
+    GpuMetadata,
+    Point,
+    format_timestamp,
+    gpu_metadata,
+    parse_labels,
+    parse_message,
+)
 
 
 def point_with(**changes: Any) -> dict[str, Any]:
@@ -122,3 +130,32 @@ def test_labels_with_escaped_quotes_and_commas_parse() -> None:
 @pytest.mark.parametrize("raw", ["a=1", 'a="1" b="2"', '="x"', 'a="unterminated'])
 def test_labels_in_another_form_are_not_parsed(raw: str) -> None:
     assert parse_labels(raw) is None
+
+
+def test_the_same_gpu_metadata_is_validated_once_and_shared() -> None:
+    fields = {"hostname": " host-1 ", "device": "nvidia0", "gpu_index": 1}
+    first = gpu_metadata(fields)
+    assert gpu_metadata(dict(fields)) is first
+    assert first.hostname == "host-1"
+
+
+def test_equal_but_differently_typed_metadata_is_validated_on_its_own() -> None:
+    assert gpu_metadata({"gpu_index": 1}).gpu_index == 1
+    with pytest.raises(ValidationError):
+        gpu_metadata({"gpu_index": 1.5})
+    # 1 == 1.0 == True in Python; each is validated as what it is.
+    assert gpu_metadata({"gpu_index": 1.0}) is not gpu_metadata({"gpu_index": 1})
+
+
+def test_unhashable_metadata_is_still_validated() -> None:
+    with pytest.raises(ValidationError):
+        gpu_metadata({"hostname": ["not", "a", "string"]})
+
+
+def test_a_point_goes_on_the_wire_at_another_time_if_given() -> None:
+    point = Point.model_validate(
+        {"gpu_uuid": "GPU-1", "metric_name": "m", "value": 1, "timestamp": "2025-07-18T20:42:34Z"}
+    )
+    later = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert point.wire(later)["timestamp"] == "2026-01-02T03:04:05Z"
+    assert point.wire()["timestamp"] == "2025-07-18T20:42:34Z"

