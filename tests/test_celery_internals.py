@@ -228,3 +228,25 @@ def test_the_event_exchange_is_declared_once_per_channel() -> None:
         [],
         [dispatcher.exchange],
     ]
+
+
+def test_a_taker_is_offered_its_task_messages_before_celerys_handler() -> None:
+    from types import SimpleNamespace
+
+    consumer = celery_internals.GuardedConsumer.__new__(celery_internals.GuardedConsumer)
+    consumer.on_task_message = set()
+    consumer.connection_errors = ()
+    offered: list[Any] = []
+
+    def take(delivered: celery_internals.Delivered) -> bool:
+        offered.append(delivered.message)
+        return delivered.message.headers.get("retries") is None
+
+    celery_internals.ConsumerPort(consumer).take_first("telemetry.ingest", take)
+    fresh = SimpleNamespace(headers={"task": "telemetry.ingest", "id": "a"})
+    retry = SimpleNamespace(headers={"task": "telemetry.ingest", "id": "b", "retries": 1})
+    other = SimpleNamespace(headers={"task": "other.task", "id": "c"})
+    assert consumer._taken_first(consumer.takers, fresh) is True
+    assert consumer._taken_first(consumer.takers, retry) is False  # Celery's handler next
+    assert consumer._taken_first(consumer.takers, other) is False
+    assert offered == [fresh, retry]

@@ -355,8 +355,9 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             batcher.add(pending)
         return True
 
-    # Messages are offered to `take` before Celery's handler; those it declines
-    # reach this strategy through Celery's handler and take the per-task path.
+    # Messages are offered to `take` before Celery's handler. Those it declines reach
+    # this strategy through Celery's handler, where `take` (headers only) declines them
+    # again; with a consumer that offers nothing first, the strategy is the only way in.
     port.take_first(task.name, take)
 
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any) -> Any:

@@ -48,6 +48,7 @@ instead of silently falling back to slower paths.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -266,10 +267,11 @@ class ConsumerPort:
         (and calls the task's strategy) as usual. Celery's handler makes two
         promises and a request per message; a batched message needs neither.
         """
-        first: dict[str, Callable[[Delivered], bool]] = self._consumer.__dict__.setdefault(
-            "telemetry_take_first", {}
+        takers: dict[str, Callable[[Delivered], bool]] | None = getattr(
+            self._consumer, "takers", None
         )
-        first[task_name] = take
+        if takers is not None:  # a consumer other than GuardedConsumer: the strategy alone
+            takers[task_name] = take
 
     def ack_together(self, delivered: list[Delivered]) -> None:
         """Ack these messages on the consumer's thread, a run of them with one frame."""
@@ -423,6 +425,14 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             if not step.endswith(":DelayedDelivery")
         ]
 
+    @functools.cached_property
+    def takers(self) -> dict[str, Callable[[Delivered], bool]]:
+        """Per task name, what each of its messages is offered to before Celery's handler.
+
+        Filled by :meth:`ConsumerPort.take_first`; see :meth:`_taken_first`.
+        """
+        return {}
+
     @property
     def unsettled(self) -> Unsettled | None:
         """The deliveries of the task channel not yet settled (see :class:`Unsettled`).
@@ -463,9 +473,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         """Celery's message handler, seeing every message first and safe against bad shapes."""
         handle = super().create_task_handler(*args, **kwargs)
-        taken_first: dict[str, Callable[[Delivered], bool]] = self.__dict__.setdefault(
-            "telemetry_take_first", {}
-        )
+        takers = self.takers
 
         def on_task_received(message: Any) -> Any:
             unsettled = self.unsettled
@@ -478,7 +486,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                 self.on_bad_message(message, f"malformed task message: {problem}", "bad_shape")
                 return None
             try:
-                if taken_first and self._taken_first(taken_first, message):
+                if takers and self._taken_first(takers, message):
                     return None
                 return handle(message)
             except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
@@ -487,15 +495,13 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
         return on_task_received
 
-    def _taken_first(
-        self, taken_first: Mapping[str, Callable[[Delivered], bool]], message: Any
-    ) -> bool:
-        """Whether a handler given to :meth:`ConsumerPort.take_first` took ``message``.
+    def _taken_first(self, takers: Mapping[str, Callable[[Delivered], bool]], message: Any) -> bool:
+        """Whether the taker of ``message``'s task (:attr:`takers`) took it.
 
         Undecodable and disallowed bodies are reported as Celery's handler reports them.
         """
         headers = message.headers
-        take = taken_first.get(str(headers.get("task"))) if isinstance(headers, dict) else None
+        take = takers.get(str(headers.get("task"))) if isinstance(headers, dict) else None
         if take is None:
             return False
         # Protocol 2: no payload (the body stays in the message, decoded on demand), and
@@ -534,6 +540,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
 # kombu's JSON envelope for types JSON lacks (datetime, UUID, Decimal, bytes).
 KOMBU_TYPE_MARKER = '"__type__"'
+KOMBU_TYPE_MARKER_BYTES = KOMBU_TYPE_MARKER.encode()
 
 
 def decode_plain_json(message: Any) -> None:
@@ -547,7 +554,7 @@ def decode_plain_json(message: Any) -> None:
     """
     body = message.body  # py-amqp hands a utf-8 body over as text already
     if isinstance(body, bytes):
-        enveloped = KOMBU_TYPE_MARKER.encode() in body
+        enveloped = KOMBU_TYPE_MARKER_BYTES in body
     elif isinstance(body, str):
         enveloped = KOMBU_TYPE_MARKER in body
     else:
