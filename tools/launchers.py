@@ -17,9 +17,9 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from telemetry.config import ENV_NAMES
 from telemetry.demo.embedded import free_port
@@ -82,6 +82,19 @@ def telemetry_command(
     )
 
 
+def spawn_celery(
+    app: str, args: Sequence[str], env: Mapping[str, str], log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """``celery -A APP ARGS`` started from the repository, everything it prints in ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, *args],
+        cwd=REPO,
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 class WorkerProcess:
     """A real ``celery -A telemetry worker`` process and its log."""
 
@@ -95,13 +108,9 @@ class WorkerProcess:
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
+        self.process = spawn_celery(
+            app,
             [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                app,
                 "worker",
                 f"--concurrency={concurrency}",
                 "--loglevel=INFO",
@@ -109,10 +118,8 @@ class WorkerProcess:
                 "--without-gossip",
                 *extra_args,
             ],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            env,
+            self._log,
         )
 
     def log(self) -> str:
@@ -163,25 +170,15 @@ class FlowerProcess:
         self.port = free_port()
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "telemetry",
-                "flower",
-                "--address=127.0.0.1",
-                f"--port={self.port}",
-            ],
-            cwd=REPO,
-            env=(
+        self.process = spawn_celery(
+            "telemetry",
+            ["flower", "--address=127.0.0.1", f"--port={self.port}"],
+            (
                 {**env, "FLOWER_BASIC_AUTH": ":".join(user)}
                 if user
                 else {**env, "FLOWER_UNAUTHENTICATED_API": "true"}
             ),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            self._log,
         )
         self._headers: dict[str, str] = {}
         if user:
