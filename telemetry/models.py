@@ -98,7 +98,13 @@ class GpuMetadata(BaseModel):
 
     def known(self) -> dict[str, Any]:
         """The fields that have a value, so an upsert never erases what was known."""
-        return {key: value for key, value in self.model_dump().items() if value is not None}
+        return dict(self.known_items)
+
+    @functools.cached_property
+    def known_items(self) -> tuple[tuple[str, Any], ...]:
+        """:meth:`known` as pairs, worked out once: the model is frozen, and a GPU's one
+        validated metadata serves its every point (:func:`gpu_metadata`)."""
+        return tuple((key, value) for key, value in self.model_dump().items() if value is not None)
 
 
 def parse_timestamp(value: Any) -> datetime:
@@ -161,25 +167,31 @@ def _parse_labels_text(raw: str) -> dict[str, str] | None:
     return labels
 
 
+ARGUMENT_NAMES = frozenset({"point", "metadata"})
+
+
 def split_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
     """Take ``point`` and ``metadata`` from a task's arguments, by keyword or position."""
-    unknown = set(kwargs) - {"point", "metadata"}
-    if unknown:
+    if not kwargs.keys() <= ARGUMENT_NAMES:
+        unknown = set(kwargs) - ARGUMENT_NAMES
         raise InvalidMessage(
             f"unexpected task arguments: {sorted(unknown)}", RejectionKind.INVALID_ARGUMENTS
         )
-    if len(args) > 2:
-        raise InvalidMessage(
-            f"expected at most 2 positional arguments, got {len(args)}",
-            RejectionKind.INVALID_ARGUMENTS,
-        )
-    values = dict(zip(("point", "metadata"), args, strict=False))
-    overlap = set(values) & set(kwargs)
-    if overlap:
-        raise InvalidMessage(
-            f"arguments given twice: {sorted(overlap)}", RejectionKind.INVALID_ARGUMENTS
-        )
-    values.update(kwargs)
+    if not args:  # keywords only, as the streamer sends them: nothing to reconcile
+        values: Mapping[str, Any] = kwargs
+    else:
+        if len(args) > 2:
+            raise InvalidMessage(
+                f"expected at most 2 positional arguments, got {len(args)}",
+                RejectionKind.INVALID_ARGUMENTS,
+            )
+        positional = dict(zip(("point", "metadata"), args, strict=False))
+        overlap = positional.keys() & kwargs.keys()
+        if overlap:
+            raise InvalidMessage(
+                f"arguments given twice: {sorted(overlap)}", RejectionKind.INVALID_ARGUMENTS
+            )
+        values = {**positional, **kwargs}
     if "point" not in values:
         raise InvalidMessage("point: is required", RejectionKind.INVALID_ARGUMENTS)
     return values["point"], values.get("metadata")

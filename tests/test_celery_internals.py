@@ -7,12 +7,13 @@ turning batch commits into a silent, slow per-task fallback.
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 import pytest
 from celery import Celery
 from celery.apps import worker as celery_apps_worker
-from celery.events import EventDispatcher
+from celery.events import Event, EventDispatcher
 from celery.utils.imports import import_from_cwd
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
@@ -62,18 +63,80 @@ def test_the_event_dispatcher_has_the_attributes_a_batch_of_events_is_sent_with(
         # The batch takes its run of clock values under the clock's own lock.
         assert hasattr(dispatcher.clock, "mutex")
         before = dispatcher.clock.value
+        published: list[tuple[Any, dict[str, Any]]] = []
+        dispatcher.producer.publish = lambda body, **options: published.append((body, options))
         # One message carrying a list of events, as the batch path sends them.
-        events = [
-            ("task-received", {"uuid": "u-1", "name": "telemetry.ingest"}),
-            ("task-succeeded", {"uuid": "u-1", "result": "'stored'", "runtime": 0.1}),
+        settled = [
+            celery_internals.SettledTask("u-1", {"argsrepr": "()"}, 1.5, "'stored'"),
+            celery_internals.SettledTask("u-2", {}, 1.6, "'duplicate'"),
         ]
-        celery_internals.TaskEventSender(dispatcher).send(events)
+        celery_internals.TaskEventSender(dispatcher).send_settled("telemetry.ingest", settled, 0.1)
         dispatcher.close()
-    received, succeeded = (fields for _, fields in events)
-    assert (received["type"], succeeded["type"]) == ("task-received", "task-succeeded")
-    assert (received["clock"], succeeded["clock"]) == (before + 1, before + 2)
-    assert dispatcher.clock.value == before + 2
-    assert received["hostname"] == "probe@host" and "timestamp" in succeeded
+    [(body, options)] = published
+    assert options["routing_key"] == "task.multi"
+    assert options["content_type"] == "application/json"
+    events = json.loads(body)
+    assert [(event["type"], event["uuid"]) for event in events] == [
+        ("task-received", "u-1"),
+        ("task-received", "u-2"),
+        ("task-succeeded", "u-1"),
+        ("task-succeeded", "u-2"),
+    ]
+    assert [event["clock"] for event in events] == [before + 1, before + 2, before + 3, before + 4]
+    assert dispatcher.clock.value == before + 4
+    assert {event["hostname"] for event in events} == {"probe@host"}
+
+
+def test_rendered_task_events_carry_what_celerys_own_events_carry() -> None:
+    source = celery_internals.EventSource("probe@host", 4321, -3600)
+    headers = {
+        "id": "u-1",
+        "argsrepr": "()",
+        "kwargsrepr": "{'point': 'GPU-1 \"util\" \\ \u00e9 @ now'}",
+        "root_id": "r-1",
+        "parent_id": None,
+    }
+    odd = {"argsrepr": ["not", "text"], "kwargsrepr": 7, "root_id": None}
+    settled = [
+        celery_internals.SettledTask("u-1", headers, 100.25, "'stored'"),
+        celery_internals.SettledTask("u-2", odd, 101.5, "'duplicate'"),
+    ]
+    rendered = json.loads(
+        celery_internals.render_task_events("telemetry.ingest", settled, 0.125, source, 10, 102.0)
+    )
+    common = {"hostname": "probe@host", "utcoffset": -3600, "pid": 4321}
+    expected = []
+    for clock, task in enumerate(settled, start=10):
+        expected.append(
+            Event(
+                "task-received",
+                uuid=task.task_id,
+                name="telemetry.ingest",
+                args=task.headers.get("argsrepr", ""),
+                kwargs=task.headers.get("kwargsrepr", ""),
+                root_id=task.headers.get("root_id"),
+                parent_id=task.headers.get("parent_id"),
+                retries=0,
+                eta=None,
+                expires=None,
+                timestamp=task.received_at,
+                clock=clock,
+                **common,
+            )
+        )
+    for clock, task in enumerate(settled, start=12):
+        expected.append(
+            Event(
+                "task-succeeded",
+                uuid=task.task_id,
+                result=task.result_text,
+                runtime=0.125,
+                timestamp=102.0,
+                clock=clock,
+                **common,
+            )
+        )
+    assert rendered == expected
 
 
 def test_worker_state_and_the_worker_class_have_what_the_door_uses() -> None:
@@ -219,10 +282,11 @@ def test_the_event_exchange_is_declared_once_per_channel() -> None:
         delivery_mode=1,
     )
     sender = celery_internals.TaskEventSender(dispatcher)
+    settled = [celery_internals.SettledTask("u-1", {}, 1.0, "'stored'")]
     for _ in range(2):
-        sender.send([("task-succeeded", {"uuid": "u-1"})])
+        sender.send_settled("telemetry.ingest", settled, 0.1)
     producer.channel = object()  # a reconnect: a new channel
-    sender.send([("task-succeeded", {"uuid": "u-2"})])
+    sender.send_settled("telemetry.ingest", settled, 0.1)
     assert [call["declare"] for call in published] == [
         [dispatcher.exchange],
         [],

@@ -22,7 +22,8 @@ def point(seconds: float = 0, metric: str = "DCGM_FI_DEV_GPU_TEMP") -> Point:
 
 def update(seconds: float = 0, metadata: GpuMetadata | None = None) -> GpuUpdate:
     """What one point at ``seconds`` says of GPU-1."""
-    return GpuUpdate.of(point(seconds), metadata or GpuMetadata())
+    [merged] = GpuUpdate.merge([(point(seconds), metadata or GpuMetadata())])
+    return merged
 
 
 class Clock:
@@ -83,3 +84,24 @@ def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_tra
     assert gpu is not None
     assert gpu["first_seen"] == T0
     assert gpu["last_seen"] == T0 + timedelta(seconds=90)
+
+
+def test_a_merge_keeps_each_gpus_time_span_and_its_latest_metadata_field_by_field() -> None:
+    first = GpuMetadata(hostname="h1", model_name="H100")
+    moved = GpuMetadata(hostname="h2")
+    other = point(2).model_copy(update={"gpu_uuid": "GPU-2"})
+    updates = GpuUpdate.merge(
+        [(point(5), first), (point(1), first), (other, moved), (point(9), moved), (point(3), first)]
+    )
+    assert [(u.gpu_uuid, u.fields, u.first_seen, u.last_seen) for u in updates] == [
+        (
+            "GPU-1",
+            # h2 came after h1, and h1 after that again: the last one wins; the model stays.
+            {"hostname": "h1", "model_name": "H100"},
+            T0 + timedelta(seconds=1),
+            T0 + timedelta(seconds=9),
+        ),
+        ("GPU-2", {"hostname": "h2"}, T0 + timedelta(seconds=2), T0 + timedelta(seconds=2)),
+    ]
+    [only] = GpuUpdate.merge([(point(4), first), (point(6), moved)])
+    assert only.fields == {"hostname": "h2", "model_name": "H100"}

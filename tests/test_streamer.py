@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from telemetry.broker.messages import new_task_id
 from telemetry.broker.publisher import TaskMessage
 from telemetry.cli import SAMPLE_CSV
 from telemetry.config import Settings, load_settings
@@ -169,3 +172,19 @@ def test_no_csv_file_is_a_one_line_error(settings: Settings) -> None:
 def test_bad_stream_settings_are_one_line_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(env={"CSV_PATH": "a.csv", **env})
+
+
+def test_task_ids_are_distinct_version_4_uuids_also_after_a_fork() -> None:
+    ids = [new_task_id() for _ in range(3000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its first id must not be the parent's next one
+        os.write(write_end, new_task_id().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(read_end, 64).decode()
+    assert from_child != new_task_id()

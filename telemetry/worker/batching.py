@@ -52,6 +52,7 @@ from telemetry.worker.celery_internals import (
     ConsumerPort,
     Delivered,
     MessageHandler,
+    SettledTask,
     make_strategy,
     result_text,
 )
@@ -72,26 +73,6 @@ class Pending:
     delivery: Delivery
     received: float  # monotonic, for the flush interval
     received_at: float  # wall clock, for the task-received event
-
-    def received_event(self, name: str) -> dict[str, Any]:
-        """The ``task-received`` event fields Celery's own handler would send."""
-        headers = self.delivered.headers
-        return {
-            "timestamp": self.received_at,
-            "uuid": self.delivery.message_id,
-            "name": name,
-            "args": headers.get("argsrepr", ""),
-            "kwargs": headers.get("kwargsrepr", ""),
-            "root_id": headers.get("root_id"),
-            "parent_id": headers.get("parent_id"),
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-        }
-
-    def succeeded_event(self, shown_result: str, runtime_s: float) -> dict[str, Any]:
-        """The ``task-succeeded`` event fields; ``shown_result`` reads as Celery shows results."""
-        return {"uuid": self.delivery.message_id, "result": shown_result, "runtime": runtime_s}
 
 
 def write_batch(deliveries: Sequence[Delivery]) -> BatchResult:
@@ -276,12 +257,18 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
         runtime_s = time.monotonic() - started
         # A batch has a few distinct results ("stored", "duplicate"): render each once.
         shown = {result: result_text(result) for result in {result for _, result in done}}
-        events.send(
-            [("task-received", pending.received_event(task.name)) for pending, _ in done]
-            + [
-                ("task-succeeded", pending.succeeded_event(shown[result], runtime_s))
+        events.send_settled(
+            task.name,
+            [
+                SettledTask(
+                    pending.delivery.message_id or "",
+                    pending.delivered.headers,
+                    pending.received_at,
+                    shown[result],
+                )
                 for pending, result in done
-            ]
+            ],
+            runtime_s,
         )
 
     def submit(batch: list[Pending]) -> None:
