@@ -31,6 +31,8 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError
 
+from telemetry.cli import SAMPLE_CSV
+
 BATCH = 500
 PREFETCH = 1000
 WINDOW = 500
@@ -67,7 +69,8 @@ def consume(
     broker_url: str, queue: str, mongodb_uri: str, database: str, expect: int
 ) -> dict[str, float]:
     """Drain ``expect`` messages of ``queue`` into MongoDB; rate and CPU from the first one."""
-    collection = MongoClient(mongodb_uri, tz_aware=True)[database]["telemetry"]
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
+    collection = client[database]["telemetry"]
     pending: list[dict[str, Any]] = []
     last_tag = [0]
     done = [0]
@@ -168,15 +171,22 @@ def publish(broker_url: str, queue: str, path: Path, points: int) -> dict[str, f
 
 
 def main() -> None:
-    """``consume`` as a process of its own, printing its figures as one JSON line."""
+    """``consume`` (or ``publish`` with ``--publish N``) as a process of its own, printing
+    its figures as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker-url", required=True)
     parser.add_argument("--queue", required=True)
-    parser.add_argument("--mongodb-uri", required=True)
-    parser.add_argument("--database", required=True)
-    parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--mongodb-uri")
+    parser.add_argument("--database")
+    parser.add_argument("--expect", type=int, help="consume: how many messages to drain")
+    parser.add_argument("--publish", type=int, metavar="N", help="publish N sample rows instead")
     args = parser.parse_args()
-    figures = consume(args.broker_url, args.queue, args.mongodb_uri, args.database, args.expect)
+    if args.publish is not None:
+        figures = publish(args.broker_url, args.queue, SAMPLE_CSV, args.publish)
+    elif args.mongodb_uri and args.database and args.expect is not None:
+        figures = consume(args.broker_url, args.queue, args.mongodb_uri, args.database, args.expect)
+    else:
+        parser.error("consuming needs --mongodb-uri, --database and --expect")
     print(json.dumps(figures))
 
 

@@ -50,9 +50,9 @@ def build_task_message(
     (``lang``, ``retries`` 0, ``argsrepr``, ``ignore_result`` false,
     ``replaced_task_nesting`` 0) or say "not set" (eta, expires, group, time
     limits, parent) are left out: py-amqp writes each table entry in Python,
-    and five of them cost the streamer a sixth of its CPU per point
-    (instruction counts). ``kwargsrepr`` is a short summary, which is what
-    Flower shows.
+    and leaving out five of them (and an empty ``reply_to``) saves 40,000 of
+    the 140,000 instructions of a message's properties (callgrind).
+    ``kwargsrepr`` is a short summary, which is what Flower shows.
     """
     task_id = task_id or new_task_id()
     kwargs: dict[str, Any] = {"point": dict(point)}
@@ -71,11 +71,12 @@ def build_task_message(
 
 
 class _RandomIds:
-    """Random (version 4) UUIDs as text, like ``str(uuid.uuid4())`` for a quarter of its cost.
+    """Random (version 4) UUIDs as text, like ``str(uuid.uuid4())`` for half its cost.
 
     ``uuid4()`` asks the kernel for 16 bytes per id and builds a UUID object
-    to print it: a twentieth of the streamer's CPU per point. Here the random
-    bytes come 4 KiB at a time and are formatted directly.
+    to print it: 20,500 instructions per id, about 4 % of the streamer's work
+    per point (callgrind). Here the random bytes come 4 KiB at a time and are
+    formatted directly (10,400 instructions).
     """
 
     _IDS_PER_REFILL = 256

@@ -48,7 +48,7 @@ class GpuCache:
             entry = self._entries.get(update.gpu_uuid)
             if entry is None or self._clock() - entry.written_at > self._ttl_s:
                 return True
-            if any(entry.fields.get(key) != value for key, value in update.fields.items()):
+            if not update.fields.items() <= entry.fields.items():  # a field new or changed
                 return True
             return (
                 update.first_seen < entry.first_seen

@@ -78,8 +78,8 @@ class RejectedMessage:
 class GpuUpdate(NamedTuple):
     """One GPU upsert of a batch: the metadata to set and the span of point times seen.
 
-    A named tuple: a batch makes one per GPU, and a frozen dataclass cost more
-    to build than the rest of the merge (profiled).
+    A named tuple: a batch makes one per GPU, and a frozen dataclass costs
+    twice as much to build (instruction counts).
     """
 
     gpu_uuid: str

@@ -65,7 +65,7 @@ logger = logging.getLogger("telemetry.batching")
 BatchResult = list[str | None]
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A message held in the buffer, with what is needed to settle it later."""
 

@@ -373,8 +373,9 @@ class TaskEventSender:
 
         The batch takes its run of Lamport clock values under one lock, and
         the JSON text is rendered directly (:func:`render_task_events`):
-        building the events as dicts and encoding them cost more than the
-        batch's database write (profiled).
+        building the events as dicts and encoding them took 79,000 instructions
+        per point, this 30,000 (callgrind); the worker's whole share of
+        pymongo's insert is less than the former (py-spy).
         """
         if not self.enabled or not settled:
             return
