@@ -47,6 +47,25 @@ def wait_for(
         time.sleep(0.1)
 
 
+def wait_for_count(
+    count: Callable[[], int], target: int, what: str, stall_s: float = 60, poll_s: float = 1.0
+) -> None:
+    """Poll ``count()`` until it equals ``target``, for as long as it keeps changing.
+
+    For drains whose pace is the machine's: a slow machine gets as long as it
+    makes progress, and a count that stops short (points lost) or overshoots
+    (points stored twice) still fails, once it has not moved for ``stall_s``.
+    """
+    last, moved_at = count(), time.monotonic()
+    while last != target:
+        time.sleep(poll_s)
+        now = count()
+        if now != last:
+            last, moved_at = now, time.monotonic()
+        elif time.monotonic() - moved_at > stall_s:
+            raise LaunchError(f"waiting for {what}: stuck at {last} of {target} for {stall_s:.0f}s")
+
+
 def clean_env(**settings: str) -> dict[str, str]:
     """This process's environment without the package's variables, ``settings`` set,
     and the repository importable: what every launched process starts from."""

@@ -23,7 +23,7 @@ from telemetry.broker.topology import Topology, dead_queue_name
 from tests.integration.conftest import make_points, publish_points, queue_depth, settings_for
 from tests.integration.faults_support import assert_accounted, queue_total, stored
 from tests.integration.poison_app import CRASH_EXIT_CODE, POISON_GPU
-from tools.launchers import WorkerProcess, wait_for
+from tools.launchers import WorkerProcess, wait_for, wait_for_count
 
 pytestmark = pytest.mark.faults
 
@@ -51,17 +51,11 @@ def drain_with_a_new_worker(
 ) -> None:
     """A second worker stores the rest: every point once, nothing left or dead."""
     second = start_worker()
-    wait_for(
-        lambda: stored(database) == MID_STREAM_POINTS, 120, "all points", lambda: stored(database)
-    )
+    # Waited for while the counts move: at BATCH_SIZE=1 a slow machine takes minutes.
+    wait_for_count(lambda: stored(database), MID_STREAM_POINTS, "all points")
     # Redelivered copies of points the first worker stored but never acked are
     # written one at a time (they are suspects); the queue is empty once they are.
-    wait_for(
-        lambda: queue_total(queue_name) == 0,
-        120,
-        "no message left",
-        lambda: queue_total(queue_name),
-    )
+    wait_for_count(lambda: queue_total(queue_name), 0, "no message left")
     second.stop()
     assert_accounted(database, broker_url, queue_name, published=MID_STREAM_POINTS)
     assert queue_depth(broker_url, queue_name) == 0
