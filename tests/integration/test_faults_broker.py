@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from telemetry.broker.topology import dead_queue_name
 from tests.integration.conftest import cli_env, queue_depth
 from tests.integration.faults_support import stored
 from tests.integration.rabbit_support import private_broker, rabbit_cluster  # noqa: F401
-from tools.launchers import REPO, WorkerProcess, wait_for
+from tools.launchers import REPO, WorkerProcess, end_process, wait_for
 from tools.rabbitmq_nodes import LocalCluster, LocalNode
 
 pytestmark = pytest.mark.faults
@@ -71,6 +72,11 @@ class Streamer:
         output = self.log_path.read_text()
         assert code == 0, output
         return output
+
+    def stop(self) -> None:
+        """End it if it still runs (a test that failed midway), and close its log."""
+        end_process(self.process, signal.SIGKILL, timeout_s=10)
+        self._log.close()
 
 
 def test_broker_restarted_mid_stream_every_confirmed_point_is_stored(
@@ -143,6 +149,9 @@ def test_the_queue_leader_killed_mid_stream_loses_nothing_and_the_queue_drains(
         )
         for i in (0, 1)
     ]
+    # Asked before the streams start (the workers declared the queue): rabbitmqctl takes
+    # seconds on a loaded machine, and the kill must come while points still flow.
+    leader = rabbit_cluster.queue_leader(queue_name)
     files = [SAMPLE, renamed_sample(tmp_path / "second.csv", "B-")]
     streamers = [
         Streamer(
@@ -158,40 +167,46 @@ def test_the_queue_leader_killed_mid_stream_loses_nothing_and_the_queue_drains(
         )
         for i in (0, 1)
     ]
-    total = 2 * LEADER_KILL_POINTS
-    wait_for(lambda: stored(database) >= 1000, 90, "some points stored", lambda: stored(database))
-    # when: the node leading the work queue is killed with SIGKILL, then started again
-    leader = rabbit_cluster.queue_leader(queue_name)
-    killed_at_stored = stored(database)
-    killed_at = time.monotonic()
-    leader.kill()
-    wait_for(
-        lambda: stored(database) > killed_at_stored + 200,
-        120,
-        "points stored again after the leader died",
-        lambda: stored(database),
-    )
-    resumed_s = time.monotonic() - killed_at
-    rabbit_cluster.ensure_running()
-    # then: both streamers had every point confirmed, and every point is stored once
-    for streamer in streamers:
-        assert f"confirmed by the broker: {LEADER_KILL_POINTS:,}" in streamer.finish()
-    wait_for(
-        lambda: stored(database) == total, 240, f"all {total} points", lambda: stored(database)
-    )
-    stored_s = time.monotonic() - killed_at
-    # Copies of points stored but not acked when the node died come back, and are
-    # written (as duplicates) one at a time: the queue is empty once they are.
-    survivor_node = next(node for node in nodes if node is not leader)
-    wait_for(
-        lambda: messages_on(survivor_node, queue_name) == 0,
-        240,
-        "an empty queue",
-        lambda: messages_on(survivor_node, queue_name),
-    )
-    drained_s = time.monotonic() - killed_at
-    for worker in workers:
-        worker.stop()
+    try:
+        total = 2 * LEADER_KILL_POINTS
+        wait_for(
+            lambda: stored(database) >= 1000, 90, "some points stored", lambda: stored(database)
+        )
+        # when: the node leading the work queue is killed with SIGKILL, then started again
+        killed_at_stored = stored(database)
+        assert killed_at_stored < total - 200, "the streams ended before the kill: not mid-stream"
+        killed_at = time.monotonic()
+        leader.kill()
+        wait_for(
+            lambda: stored(database) > killed_at_stored + 200,
+            120,
+            "points stored again after the leader died",
+            lambda: stored(database),
+        )
+        resumed_s = time.monotonic() - killed_at
+        rabbit_cluster.ensure_running()
+        # then: both streamers had every point confirmed, and every point is stored once
+        for streamer in streamers:
+            assert f"confirmed by the broker: {LEADER_KILL_POINTS:,}" in streamer.finish()
+        wait_for(
+            lambda: stored(database) == total, 240, f"all {total} points", lambda: stored(database)
+        )
+        stored_s = time.monotonic() - killed_at
+        # Copies of points stored but not acked when the node died come back, and are
+        # written (as duplicates) one at a time: the queue is empty once they are.
+        survivor_node = next(node for node in nodes if node is not leader)
+        wait_for(
+            lambda: messages_on(survivor_node, queue_name) == 0,
+            240,
+            "an empty queue",
+            lambda: messages_on(survivor_node, queue_name),
+        )
+        drained_s = time.monotonic() - killed_at
+        for worker in workers:
+            worker.stop()
+    finally:
+        for streamer in streamers:
+            streamer.stop()
     survivor = survivor_node.amqp_url
     counts = (
         stored(database),
