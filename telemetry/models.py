@@ -167,13 +167,15 @@ def _parse_labels_text(raw: str) -> dict[str, str] | None:
     return labels
 
 
-ARGUMENT_NAMES = frozenset({"point", "metadata"})
+# A task's arguments, in their positional order.
+ARGUMENT_NAMES = ("point", "metadata")
+_ARGUMENT_NAME_SET = frozenset(ARGUMENT_NAMES)
 
 
 def split_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
     """Take ``point`` and ``metadata`` from a task's arguments, by keyword or position."""
-    if not kwargs.keys() <= ARGUMENT_NAMES:
-        unknown = set(kwargs) - ARGUMENT_NAMES
+    if not kwargs.keys() <= _ARGUMENT_NAME_SET:
+        unknown = set(kwargs) - _ARGUMENT_NAME_SET
         raise InvalidMessage(
             f"unexpected task arguments: {sorted(unknown)}", RejectionKind.INVALID_ARGUMENTS
         )
@@ -185,7 +187,7 @@ def split_arguments(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any
                 f"expected at most 2 positional arguments, got {len(args)}",
                 RejectionKind.INVALID_ARGUMENTS,
             )
-        positional = dict(zip(("point", "metadata"), args, strict=False))
+        positional = dict(zip(ARGUMENT_NAMES, args, strict=False))
         overlap = positional.keys() & kwargs.keys()
         if overlap:
             raise InvalidMessage(

@@ -113,7 +113,7 @@ class GpuUpdate(NamedTuple):
         for gpu_uuid, span in spans.items():
             fields: dict[str, Any] = {}
             for metadata in span.metadata:
-                fields.update(metadata.known())
+                fields.update(metadata.known_items)
             updates.append(cls(gpu_uuid, fields, span.first_seen, span.last_seen))
         return updates
 
