@@ -6,6 +6,7 @@ turning batch commits into a silent, slow per-task fallback.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 from typing import Any
@@ -38,6 +39,7 @@ def test_the_consumer_has_every_hook_and_helper_the_door_uses() -> None:
         "connection_for_write",
         "ensure_connected",
         "call_soon",
+        "connect",
     ):
         assert callable(getattr(Consumer, name, None)), name
     assert issubclass(celery_internals.GuardedConsumer, Consumer)
@@ -137,6 +139,79 @@ def test_rendered_task_events_carry_what_celerys_own_events_carry() -> None:
             )
         )
     assert rendered == expected
+
+
+def test_kombus_amqp_reader_is_what_the_draining_reader_stands_in_for() -> None:
+    from amqp import Connection as AmqpConnection
+    from kombu.transport.pyamqp import Transport
+
+    # kombu registers its transport's on_readable(connection, loop) for the socket;
+    # the consumer registers a DrainingReader for the same socket with the same arguments.
+    source = inspect.getsource(Transport.register_with_event_loop)
+    assert "add_reader(connection.sock, self.on_readable, connection, loop)" in source
+    assert list(inspect.signature(AmqpConnection.drain_events).parameters) == ["self", "timeout"]
+    assert hasattr(AmqpConnection, "connected")
+
+
+class FakeAmqpConnection:
+    """Has ``messages`` waiting on its socket; then reading fails as ``then`` says."""
+
+    def __init__(self, messages: int, then: BaseException) -> None:
+        self.connected = True
+        self.waiting = messages
+        self.read = 0
+        self.then = then
+
+    def drain_events(self, timeout: float | None = None) -> None:
+        assert timeout == 0  # never blocks the event loop
+        if not self.waiting:
+            raise self.then
+        self.waiting -= 1
+        self.read += 1
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.scheduled: list[tuple[Any, ...]] = []
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        self.scheduled.append((callback, *args))
+
+
+def test_the_draining_reader_reads_while_messages_wait_then_leaves_the_rest_to_the_poll() -> None:
+    reader = celery_internals.DrainingReader()
+    connection, loop = FakeAmqpConnection(5, TimeoutError()), FakeLoop()
+    reader(connection, loop)
+    assert connection.read == 5
+    assert loop.scheduled == []  # the socket is empty: the loop's poll says when more come
+
+
+def test_the_draining_reader_takes_a_bounded_run_and_comes_back_for_more() -> None:
+    reader = celery_internals.DrainingReader()
+    limit = celery_internals.DrainingReader.LIMIT
+    connection, loop = FakeAmqpConnection(limit + 10, TimeoutError()), FakeLoop()
+    reader(connection, loop)
+    assert connection.read == limit
+    # Timers, acks and shutdown get their turn; then the reader goes on.
+    assert loop.scheduled == [(reader, connection, loop)]
+    reader(connection, loop)
+    assert connection.read == limit + 10
+
+
+def test_the_draining_reader_passes_connection_errors_on() -> None:
+    from amqp.exceptions import RecoverableConnectionError
+
+    reader = celery_internals.DrainingReader()
+    would_block = FakeAmqpConnection(1, BlockingIOError(errno.EAGAIN, "no data"))
+    reader(would_block, FakeLoop())
+    assert would_block.read == 1
+    with pytest.raises(ConnectionResetError):
+        reader(FakeAmqpConnection(2, ConnectionResetError(errno.ECONNRESET, "reset")), FakeLoop())
+    gone = FakeAmqpConnection(1, TimeoutError())
+    gone.connected = False
+    with pytest.raises(RecoverableConnectionError):
+        reader(gone, FakeLoop())
+    assert gone.read == 0
 
 
 def test_worker_state_and_the_worker_class_have_what_the_door_uses() -> None:

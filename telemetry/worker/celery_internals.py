@@ -48,17 +48,19 @@ instead of silently falling back to slower paths.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from json.encoder import encode_basestring_ascii
 from types import ModuleType
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from amqp.exceptions import RecoverableConnectionError
 from celery.apps import worker as celery_apps_worker
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.utils.imports import import_from_cwd
@@ -203,44 +205,46 @@ class Unsettled:
     def __init__(self, connection_errors: Any) -> None:
         self._connection_errors = connection_errors
         self._channel: Any = None
-        # delivery tag → message, in delivery order; settled ones leave from the front
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._open: deque[Any] = deque()  # messages in delivery order
 
     def arrived(self, message: Any) -> None:
         """Note a delivery; a new channel (after a reconnect) starts a new list."""
         if message.channel is not self._channel:
-            self._channel, self._open = message.channel, OrderedDict()
-        self._open[message.delivery_tag] = message
+            self._channel, self._open = message.channel, deque()
+        front = self._open
+        front.append(message)
         # Settled elsewhere (Celery's per-task path, a bad message): forget them as soon
         # as nothing unsettled is before them, so the list stays about a prefetch long.
-        while self._open and next(iter(self._open.values())).acknowledged:
-            self._open.popitem(last=False)
-        if len(self._open) > self.SWEEP_AT:
+        while front and front[0].acknowledged:
+            front.popleft()
+        if len(front) > self.SWEEP_AT:
             # Behind one message held for long (a hung task, say): sweep the settled out.
-            self._open = OrderedDict((t, m) for t, m in self._open.items() if not m.acknowledged)
+            self._open = deque(m for m in self._open if not m.acknowledged)
 
     def ack(self, messages: list[Any]) -> None:
         """Ack ``messages``: one multiple-ack for the leading run, single acks for the rest."""
-        mine = [m for m in messages if m.channel is self._channel and not m.acknowledged]
-        others = [m for m in messages if m.channel is not self._channel]
-        wanted = {m.delivery_tag for m in mine}
+        channel = self._channel
+        mine = [m for m in messages if m.channel is channel and not m.acknowledged]
+        wanted = {id(m) for m in mine}
+        front = self._open
         run: list[Any] = []
-        for tag, message in list(self._open.items()):
-            if tag in wanted:
+        while front:
+            message = front[0]
+            if id(message) in wanted:
                 run.append(message)
             elif not message.acknowledged:
                 break  # held by someone else: a multiple-ack past it would settle it too
-            del self._open[tag]
+            front.popleft()
         try:
             if run:
                 run[-1].ack(multiple=True)
                 for message in run[:-1]:
                     message._state = "ACK"  # settled by the multiple-ack above
-            in_run = {id(m) for m in run}
-            for message in [*(m for m in mine if id(m) not in in_run), *others]:
+            # Behind a held one, or of an older channel: one by one. Those still
+            # listed leave the front once it reaches them.
+            for message in messages:
                 if not message.acknowledged:
                     message.ack()
-                    self._open.pop(message.delivery_tag, None)
         except self._connection_errors as exc:
             # The channel is gone: RabbitMQ redelivers whatever was not acked.
             logger.error("Could not ack %d messages: %r", len(messages), exc)
@@ -539,6 +543,16 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         """Called for a message that can never become a task; it is not settled yet."""
         raise NotImplementedError
 
+    def connect(self) -> Any:
+        """Celery's consumer connection, its socket read by a :class:`DrainingReader`."""
+        connection = super().connect()
+        if self.hub is not None and connection.transport.driver_type == "amqp":
+            # The same socket again: the hub keeps its registration and takes the new reader.
+            self.hub.add_reader(
+                connection.connection.sock, DrainingReader(), connection.connection, self.hub
+            )
+        return connection
+
     def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
         """The connection task events are sent on, without publisher confirms.
 
@@ -619,6 +633,34 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     def on_unknown_task_name(self, message: Any) -> None:
         """Called before Celery rejects a message for a task this worker does not know."""
+
+
+class DrainingReader:
+    """Reads up to :attr:`LIMIT` messages each time the event loop finds the socket readable.
+
+    kombu's reader takes one message per turn of Celery's event loop and
+    schedules itself again; each turn polls the socket, checks the timers
+    and makes a promise, about as much work as the message itself. This one
+    takes messages while the socket has them, up to a bound, so timers,
+    acks and shutdown still come between runs of messages.
+    """
+
+    LIMIT = 64
+
+    def __call__(self, connection: Any, loop: Any) -> None:
+        if not connection.connected:
+            raise RecoverableConnectionError("Socket was disconnected")
+        drain = connection.drain_events
+        for _ in range(self.LIMIT):
+            try:
+                drain(timeout=0)
+            except TimeoutError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    return
+                raise
+        loop.call_soon(self, connection, loop)
 
 
 # kombu's JSON envelope for types JSON lacks (datetime, UUID, Decimal, bytes).

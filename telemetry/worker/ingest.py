@@ -149,10 +149,11 @@ def store_points(
         logger.warning("Writing %d points failed: %s", len(points), exc)
         return [Outcome("failed", error=exc)] * len(points)
 
+    written = datetime.now(UTC)  # one clock reading for the batch's latencies
     outcomes: list[Outcome] = []
     for (point, _), result in zip(points, results, strict=True):
         if result == "stored":
-            metrics.observe_latency(metrics.seconds_since(point.timestamp))
+            metrics.observe_latency(metrics.seconds_since(point.timestamp, written))
             outcomes.append(STORED)
         elif result == "duplicate":
             outcomes.append(DUPLICATE)
