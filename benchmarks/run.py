@@ -291,11 +291,19 @@ def bare_publisher(points: int) -> dict[str, float]:
         delete_queues(queue)
 
 
-def bare_drain(points: int, mongodb_uri: str, workdir: Path) -> dict[str, float]:
-    """The bare kombu consumer (benchmarks/bare.py) draining the streamer's backlog."""
+def bare_drain(
+    points: int, mongodb_uri: str, workdir: Path, indexed: bool = False
+) -> dict[str, float]:
+    """The bare kombu consumer (benchmarks/bare.py) draining the streamer's backlog.
+
+    Its collection has only ``_id``, as the issue's baseline; ``indexed`` gives it
+    the collector's indexes too (the read API's), the database work the worker has.
+    """
     queue = f"bench.bare.{uuid.uuid4().hex[:8]}"
     client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
     client["bench"].drop_collection("telemetry")
+    if indexed:
+        MongoTelemetryStore(client["bench"], load_settings(env={})).ensure_indexes()
     client.close()
     try:
         stream_points(queue, points)
@@ -378,6 +386,7 @@ def main() -> None:
         "stream": [],
         "bare_publish": [],
         "bare_drain": [],
+        "bare_drain_indexed": [],
     }
     runs.update({name: [] for name in scenarios})
     with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
@@ -388,6 +397,9 @@ def main() -> None:
             runs["stream"].append(streamer_alone(args.points))
             runs["bare_publish"].append(bare_publisher(args.points))
             runs["bare_drain"].append(bare_drain(args.points, server.uri, workdir))
+            runs["bare_drain_indexed"].append(
+                bare_drain(args.points, server.uri, workdir, indexed=True)
+            )
             for name, scenario in scenarios.items():
                 if name.startswith("e2e_backlog_") and repeat > 0:
                     continue
@@ -408,10 +420,11 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
     def medians(name: str) -> dict[str, float]:
         return {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
 
-    stream, bare_publish, bare_drain = (
+    stream, bare_publish, bare_drain, bare_indexed = (
         medians("stream"),
         medians("bare_publish"),
         medians("bare_drain"),
+        medians("bare_drain_indexed"),
     )
     result: dict[str, Any] = {
         "points": points,
@@ -428,6 +441,8 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
         ),
         "bare_drain_points_per_s": round(bare_drain["points_per_s"]),
         "bare_drain_cpu_us_per_point": round(bare_drain["cpu_us_per_point"], 1),
+        "bare_drain_indexed_points_per_s": round(bare_indexed["points_per_s"]),
+        "bare_drain_indexed_cpu_us_per_point": round(bare_indexed["cpu_us_per_point"], 1),
         "end_to_end": {},
     }
     for name, measured in runs.items():
@@ -437,6 +452,7 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
         row["ratio_to_noop"] = row["points_per_s"] / noop
         row["ratio_to_storage"] = row["points_per_s"] / storage
         row["ratio_to_bare"] = row["points_per_s"] / bare_drain["points_per_s"]
+        row["ratio_to_bare_indexed"] = row["points_per_s"] / bare_indexed["points_per_s"]
         row["cpu_ratio_to_bare"] = row["worker_cpu_us_per_point"] / bare_drain["cpu_us_per_point"]
         result["end_to_end"][name.removeprefix("e2e_")] = {
             key: round(value, 3) for key, value in row.items()
@@ -456,6 +472,11 @@ def print_table(result: dict[str, Any]) -> None:
         f"{result['bare_drain_cpu_us_per_point']:,.0f} us CPU/point"
     )
     print(
+        f"  baseline: the same, with the collector's indexes "
+        f"{result['bare_drain_indexed_points_per_s']:>8,} points/s  "
+        f"{result['bare_drain_indexed_cpu_us_per_point']:,.0f} us CPU/point"
+    )
+    print(
         f"  baseline: bare kombu publisher   {result['bare_publisher_points_per_s']:>8,} points/s  "
         f"{result['bare_publisher_cpu_us_per_point']:,.0f} us CPU/point"
     )
@@ -467,7 +488,8 @@ def print_table(result: dict[str, Any]) -> None:
     for name, row in result["end_to_end"].items():
         print(
             f"  {name:<22} {row['points_per_s']:>8,.0f} points/s  "
-            f"(x{row['ratio_to_bare']:.2f} bare, x{row['ratio_to_noop']:.2f} no-op, "
+            f"(x{row['ratio_to_bare']:.2f} bare, x{row['ratio_to_bare_indexed']:.2f} bare "
+            f"with indexes, x{row['ratio_to_noop']:.2f} no-op, "
             f"x{row['ratio_to_storage']:.2f} storage)  "
             f"worker {row['worker_cpu_us_per_point']:,.0f} us CPU/point "
             f"(x{row['cpu_ratio_to_bare']:.2f} bare)  "

