@@ -15,7 +15,7 @@ start-up and shut-down cancel out:
 Instructions are user space only: system calls and the kernel's work for
 them are not counted, which CPU time includes. Under callgrind a program
 runs about 50 times slower, so this is not part of ``make bench``: run
-``python -m benchmarks.instructions`` (about 15 minutes) on its own.
+``python -m benchmarks.instructions`` (up to 15 minutes) on its own.
 """
 
 from __future__ import annotations

@@ -153,17 +153,36 @@ def test_kombus_amqp_reader_is_what_the_draining_reader_stands_in_for() -> None:
     assert hasattr(AmqpConnection, "connected")
 
 
+class FakeSocket:
+    """Records the timeouts it is given; blocking (None) to begin with, as py-amqp leaves it."""
+
+    def __init__(self) -> None:
+        self.timeout: float | None = None
+        self.settings: list[float | None] = []
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.settings.append(timeout)
+
+
 class FakeAmqpConnection:
     """Has ``messages`` waiting on its socket; then reading fails as ``then`` says."""
 
     def __init__(self, messages: int, then: BaseException) -> None:
         self.connected = True
+        self.sock = FakeSocket()
         self.waiting = messages
         self.read = 0
         self.then = then
 
     def drain_events(self, timeout: float | None = None) -> None:
-        assert timeout == 0  # never blocks the event loop
+        # Never blocks the event loop; the socket is non-blocking already, so py-amqp
+        # need not set and restore its timeout around each frame.
+        assert timeout == 0
+        assert self.sock.timeout == 0
         if not self.waiting:
             raise self.then
         self.waiting -= 1
@@ -184,6 +203,8 @@ def test_the_draining_reader_reads_while_messages_wait_then_leaves_the_rest_to_t
     reader(connection, loop)
     assert connection.read == 5
     assert loop.scheduled == []  # the socket is empty: the loop's poll says when more come
+    # One switch to non-blocking for the whole run, and back to blocking after it.
+    assert connection.sock.settings == [0, None]
 
 
 def test_the_draining_reader_takes_a_bounded_run_and_comes_back_for_more() -> None:
@@ -205,8 +226,23 @@ def test_the_draining_reader_passes_connection_errors_on() -> None:
     would_block = FakeAmqpConnection(1, BlockingIOError(errno.EAGAIN, "no data"))
     reader(would_block, FakeLoop())
     assert would_block.read == 1
+    reset = FakeAmqpConnection(2, ConnectionResetError(errno.ECONNRESET, "reset"))
     with pytest.raises(ConnectionResetError):
-        reader(FakeAmqpConnection(2, ConnectionResetError(errno.ECONNRESET, "reset")), FakeLoop())
+        reader(reset, FakeLoop())
+    assert reset.sock.timeout is None  # restored on the way out
+    closed = FakeAmqpConnection(0, ConnectionResetError(errno.ECONNRESET, "reset"))
+    drain_as_before = closed.drain_events
+
+    def drain_then_close(timeout: float | None = None) -> None:
+        closed.sock.settimeout = broken_settimeout  # type: ignore[method-assign]
+        drain_as_before(timeout)
+
+    def broken_settimeout(timeout: float | None) -> None:
+        raise OSError(errno.EBADF, "closed")
+
+    closed.drain_events = drain_then_close  # type: ignore[method-assign]
+    with pytest.raises(ConnectionResetError):  # the error itself, not the restore's
+        reader(closed, FakeLoop())
     gone = FakeAmqpConnection(1, TimeoutError())
     gone.connected = False
     with pytest.raises(RecoverableConnectionError):

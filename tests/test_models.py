@@ -101,6 +101,16 @@ def test_time_a_little_ahead_is_accepted_for_clock_skew() -> None:
     assert point.timestamp > datetime.now(UTC)
 
 
+def test_the_future_limit_is_a_day_from_now_whenever_it_is_asked() -> None:
+    # Twice each, so the second answer comes from the limit read for the first.
+    for _ in range(2):
+        inside = format_timestamp(datetime.now(UTC) + timedelta(days=1, seconds=-30))
+        parse_message(point_with(timestamp=inside), None)
+        beyond = format_timestamp(datetime.now(UTC) + timedelta(days=1, seconds=30))
+        with pytest.raises(InvalidMessage, match="more than a day in the future"):
+            parse_message(point_with(timestamp=beyond), None)
+
+
 def test_blank_metadata_fields_are_absent_and_gpu_index_is_converted() -> None:
     _, metadata = parse_message(point_with(), {"hostname": "h1", "pod": "", "gpu_index": "3"})
     assert metadata.known() == {"hostname": "h1", "gpu_index": 3}
