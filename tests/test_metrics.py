@@ -124,6 +124,34 @@ def test_latency_is_never_negative() -> None:
     assert metrics.seconds_since(now - timedelta(seconds=5), now) == 5
 
 
+def latency_samples() -> dict[tuple[str, str], float]:
+    body, _ = metrics.exposition()
+    return {
+        (found.name, found.labels.get("le", "")): float(found.value)
+        for family in text_string_to_metric_families(body.decode())
+        if family.name == "telemetry_ingest_latency_seconds"
+        for found in family.samples
+        if not found.name.endswith("_created")
+    }
+
+
+def test_a_batch_of_latencies_is_recorded_as_observing_each_would() -> None:
+    # On and between bucket bounds, below the first and above the last.
+    seconds = [0.0, 0.01, 0.010001, 0.3, 0.3, 2.5, 7.0, 1799.9, 1800.0, 5000.0]
+    try:
+        fresh = metrics.reset()
+        for amount in seconds:
+            fresh.latency.observe(amount)
+        one_by_one = latency_samples()
+        metrics.reset()
+        metrics.observe_latencies(seconds)
+        metrics.observe_latencies([])
+        assert latency_samples() == one_by_one
+        assert one_by_one[("telemetry_ingest_latency_seconds_count", "")] == len(seconds)
+    finally:
+        metrics.reset()
+
+
 def test_multiprocess_mode_keeps_values_in_files_and_cleans_them_up(tmp_path: Path) -> None:
     # given
     directory = tmp_path / "prom"

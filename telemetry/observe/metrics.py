@@ -11,8 +11,9 @@ this process's :class:`CollectorMetrics`:
   commit: how long it took and how many points it wrote;
   :func:`db_write_timer` ``(batch_size)`` times a block and records it if the
   block does not raise;
-* :func:`observe_latency` ``(seconds)`` records one stored point's ingest
-  latency, now minus the point's timestamp (:func:`seconds_since`);
+* :func:`observe_latencies` ``(seconds)`` records the ingest latencies of a
+  batch's stored points, each now minus the point's timestamp
+  (:func:`seconds_since`);
 * :func:`in_flight_inc` / :func:`in_flight_dec` ``(n=1)`` move the gauge of
   messages in flight. The worker already counts each task from its start to
   its end (Celery's ``task_prerun`` / ``task_postrun``); code that holds
@@ -26,10 +27,12 @@ values to files in one directory, and :func:`exposition` sums them
 
 from __future__ import annotations
 
+import bisect
+import collections
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -158,9 +161,24 @@ def count_error(kind: RejectionKind) -> None:
     _current.errors.labels(reason=kind.value).inc()
 
 
-def observe_latency(seconds: float) -> None:
-    """Record the ingest latency of one stored point."""
-    _current.latency.observe(seconds)
+def observe_latencies(seconds: Sequence[float]) -> None:
+    """Record the ingest latencies of stored points, as observing each in turn would.
+
+    ``Histogram.observe`` takes a lock and walks the buckets in Python for
+    every point (1.6 µs a point with the latencies worked out, one process);
+    a batch is counted per bucket first and added with one increment a
+    bucket. This reads prometheus_client's ``_upper_bounds``, ``_buckets``
+    and ``_sum`` (tests/test_metrics.py checks it against ``observe``).
+    """
+    if not seconds:
+        return
+    histogram = _current.latency
+    per_bucket = collections.Counter(
+        bisect.bisect_left(histogram._upper_bounds, amount) for amount in seconds
+    )
+    histogram._sum.inc(sum(seconds))
+    for bucket, count in per_bucket.items():
+        histogram._buckets[bucket].inc(count)
 
 
 def observe_db_write(seconds: float, batch_size: int) -> None:

@@ -150,15 +150,17 @@ def store_points(
         return [Outcome("failed", error=exc)] * len(points)
 
     written = datetime.now(UTC)  # one clock reading for the batch's latencies
+    latencies: list[float] = []
     outcomes: list[Outcome] = []
     for (point, _), result in zip(points, results, strict=True):
         if result == "stored":
-            metrics.observe_latency(metrics.seconds_since(point.timestamp, written))
+            latencies.append(metrics.seconds_since(point.timestamp, written))
             outcomes.append(STORED)
         elif result == "duplicate":
             outcomes.append(DUPLICATE)
         else:
             outcomes.append(Outcome("failed", error=result))
+    metrics.observe_latencies(latencies)
     stored = sum(outcome is STORED for outcome in outcomes)
     duplicates = sum(outcome is DUPLICATE for outcome in outcomes)
     stats.incr("messages_processed", by=stored + duplicates)
