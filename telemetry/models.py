@@ -155,10 +155,9 @@ class _FutureLimit:
 
     def passed_by(self, moment: datetime) -> bool:
         """Whether ``moment`` is later than now plus :data:`MAX_FUTURE`."""
-        limit = self._limit
-        if time.monotonic() - self._read_at > self.REREAD_AFTER_S:
-            limit = self._read()
-        return moment > limit and moment > self._read()
+        if moment <= self._limit and time.monotonic() - self._read_at <= self.REREAD_AFTER_S:
+            return False
+        return moment > self._read()
 
 
 _FUTURE_LIMIT = _FutureLimit()

@@ -228,8 +228,7 @@ class Unsettled:
     def ack(self, messages: list[Any]) -> None:
         """Ack ``messages``: one multiple-ack for the leading run, single acks for the rest."""
         channel = self._channel
-        mine = [m for m in messages if m.channel is channel and not m.acknowledged]
-        wanted = {id(m) for m in mine}
+        wanted = {id(m) for m in messages if m.channel is channel and not m.acknowledged}
         front = self._open
         run: list[Any] = []
         while front:
