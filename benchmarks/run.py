@@ -18,7 +18,10 @@ Measures, each ``--repeats`` times, and prints medians as a table and JSON:
    CPU time per point are reported beside theirs, with the ratios.
 
 CPU per point is the process's CPU time (user + system, from /proc) from the
-moment it is ready or takes its first message to the last point stored.
+moment it is ready or takes its first message to the last point stored. The
+live runs also give the CPU per point of the streamer (this process), the
+SecantusDB server and, when exactly one runs on this machine, RabbitMQ: all
+four share the machine's cores, so their sum bounds the live rate.
 
 Everything runs on this machine: RabbitMQ on 127.0.0.1:5672 and a SecantusDB
 server this script starts. Run one benchmark at a time; the machine is small.
@@ -168,6 +171,15 @@ def storage_ceiling(points: int, mongodb_uri: str, rows: list[Row]) -> float:
     return points / elapsed
 
 
+def local_broker_pid() -> int | None:
+    """The RabbitMQ node's process, if exactly one runs here and the broker is local."""
+    if not BROKER.split("@", 1)[-1].startswith(("127.0.0.1", "localhost")):
+        return None
+    found = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True).stdout
+    pids = found.split()
+    return int(pids[0]) if len(pids) == 1 else None
+
+
 def end_to_end(
     points: int,
     mongodb_uri: str,
@@ -175,6 +187,7 @@ def end_to_end(
     batch_size: int,
     rate: float | None = None,
     backlog: bool = False,
+    database_pid: int | None = None,
 ) -> dict[str, float]:
     """Streamer → RabbitMQ → worker → MongoDB.
 
@@ -195,6 +208,10 @@ def end_to_end(
     already = settled(queue)
     started = time.monotonic()
     cpu_at_start = process_cpu_s(worker.process.pid)
+    # Live runs: the other processes sharing the cores (the streamer runs in this one).
+    others = {"streamer": os.getpid(), "database": database_pid, "broker": local_broker_pid()}
+    pids = {name: pid for name, pid in others.items() if pid} if report is None else {}
+    others_at_start = {name: process_cpu_s(pid) for name, pid in pids.items()}
     try:
         if report is None:
             report = stream_points(queue, points, rate)
@@ -209,6 +226,9 @@ def end_to_end(
         wait_until(lambda: settled(queue) >= points, 3600, sample)
         elapsed = time.monotonic() - started
         worker_cpu_s = process_cpu_s(worker.process.pid) - cpu_at_start
+        others_cpu_s = {
+            name: process_cpu_s(pids[name]) - cpu_s for name, cpu_s in others_at_start.items()
+        }
     finally:
         stop(worker)
         delete_queues(queue)
@@ -229,6 +249,9 @@ def end_to_end(
         "db_writes_per_point": ops / points,
         "worker_peak_rss_mb": peak / 1024,
         "worker_cpu_us_per_point": worker_cpu_s / (points - already) * 1e6,
+    } | {
+        f"{name}_cpu_us_per_point": cpu_s / (points - already) * 1e6
+        for name, cpu_s in others_cpu_s.items()
     }
 
 
@@ -404,7 +427,7 @@ def main() -> None:
                 if name.startswith("e2e_backlog_") and repeat > 0:
                     continue
                 print(f"repeat {repeat + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
-                runs[name].append(scenario(mongodb_uri=server.uri))
+                runs[name].append(scenario(mongodb_uri=server.uri, database_pid=server.pid))
     result = summarise(runs, args.points, args.repeats)
     print_table(result)
     text = json.dumps(result, indent=2)
@@ -448,7 +471,9 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
     for name, measured in runs.items():
         if not name.startswith("e2e_"):
             continue
-        row = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+        # Keys every run has (RabbitMQ's CPU is there only when its process was found).
+        keys = [key for key in measured[0] if all(key in run for run in measured)]
+        row = {key: statistics.median(run[key] for run in measured) for key in keys}
         row["ratio_to_noop"] = row["points_per_s"] / noop
         row["ratio_to_storage"] = row["points_per_s"] / storage
         row["ratio_to_bare"] = row["points_per_s"] / bare_drain["points_per_s"]
@@ -497,6 +522,24 @@ def print_table(result: dict[str, Any]) -> None:
             f"{row['latency_p99_ms']:,.0f} ms  {row['db_writes_per_point']:.3f} writes/point  "
             f"worker peak {row['worker_peak_rss_mb']:.0f} MB"
         )
+        shares = [
+            (label, row[f"{key}_cpu_us_per_point"])
+            for label, key in (
+                ("worker", "worker"),
+                ("streamer", "streamer"),
+                ("RabbitMQ", "broker"),
+                ("SecantusDB", "database"),
+            )
+            if f"{key}_cpu_us_per_point" in row
+        ]
+        if len(shares) > 2:
+            total = sum(cpu for _, cpu in shares)
+            print(
+                f"  {'':<22} CPU us/point: "
+                + ", ".join(f"{label} {cpu:,.0f}" for label, cpu in shares)
+                + f"; together {total:,.0f}, {total * row['points_per_s'] / 1e6:.2f} cores "
+                f"at this rate (this machine has {os.cpu_count()})"
+            )
     print()
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -248,6 +252,133 @@ def test_the_draining_reader_passes_connection_errors_on() -> None:
     with pytest.raises(RecoverableConnectionError):
         reader(gone, FakeLoop())
     assert gone.read == 0
+
+
+def test_py_amqps_tcp_transport_reads_through_the_attribute_read_ahead_replaces() -> None:
+    from amqp.transport import TCPTransport
+
+    assert "self._quick_recv = self.sock.recv" in inspect.getsource(TCPTransport._setup_transport)
+    assert "recv = self._quick_recv" in inspect.getsource(TCPTransport._read)
+
+
+class CountingSocket:
+    """A real socket whose reads are counted, with the sizes py-amqp asked for."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.asked: list[int] = []
+
+    def recv(self, size: int) -> bytes:
+        self.asked.append(size)
+        return self._sock.recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+
+def amqp_frame(number: int, size: int) -> bytes:
+    """A frame as RabbitMQ sends it: type, channel, size, payload, end octet."""
+    payload = (number.to_bytes(4, "big") * (size // 4 + 1))[:size]
+    return struct.pack(">BHI", 3, 1, size) + payload + b"\xce"
+
+
+@pytest.fixture
+def transport_and_peer() -> Iterator[tuple[Any, CountingSocket, socket.socket]]:
+    """py-amqp's own TCP transport reading one end of a socket pair, with a ReadAhead."""
+    from amqp.transport import TCPTransport
+
+    ours, peer = socket.socketpair()
+    counted = CountingSocket(ours)
+    transport = TCPTransport.__new__(TCPTransport)
+    transport.sock = counted
+    transport.raise_on_initial_eintr = True
+    transport.connected = True
+    transport._setup_transport()
+    try:
+        yield transport, counted, peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_read_ahead_reads_frames_a_chunk_at_a_time_in_order(
+    transport_and_peer: tuple[Any, CountingSocket, socket.socket],
+) -> None:
+    transport, counted, peer = transport_and_peer
+    read_ahead = celery_internals.ReadAhead.install(transport)
+    assert read_ahead is not None
+    sizes = [300 + number % 7 * 50 for number in range(200)]
+    sizes[57] = celery_internals.ReadAhead.CHUNK + 5_000  # a frame bigger than a chunk
+    frames = [amqp_frame(number, size) for number, size in enumerate(sizes)]
+    sender = threading.Thread(target=peer.sendall, args=(b"".join(frames),))
+    sender.start()
+    counted.settimeout(5)
+    read_ahead.ahead = True
+    got = [transport.read_frame() for _ in frames]
+    sender.join()
+    assert [payload for _, _, payload in got] == [frame[7:-1] for frame in frames]
+    # py-amqp alone asks three times a frame (header, payload, end octet): 600 reads.
+    assert len(counted.asked) < 30
+
+
+def test_read_ahead_leaves_nothing_waiting_once_the_run_ends(
+    transport_and_peer: tuple[Any, CountingSocket, socket.socket],
+) -> None:
+    transport, counted, peer = transport_and_peer
+    read_ahead = celery_internals.ReadAhead.install(transport)
+    assert read_ahead is not None
+    frames = [amqp_frame(number, 500) for number in range(20)]
+    peer.sendall(b"".join(frames))
+    counted.settimeout(0)
+    read_ahead.ahead = True
+    first = [transport.read_frame() for _ in range(5)]
+    assert len(counted.asked) == 1  # all twenty came in one read
+    read_ahead.ahead = False
+    # Outside a run the bytes already read are served first, without the socket...
+    rest = [transport.read_frame() for _ in range(15)]
+    assert len(counted.asked) == 1
+    assert [payload for _, _, payload in first + rest] == [frame[7:-1] for frame in frames]
+    # ...and then reads are exact again, as py-amqp asks for them.
+    later = amqp_frame(20, 800)
+    peer.sendall(later)
+    counted.settimeout(5)
+    assert transport.read_frame()[2] == later[7:-1]
+    assert counted.asked[1:] == [7, 800, 1]
+    # An empty socket says so, as it did without the read-ahead.
+    counted.settimeout(0)
+    read_ahead.ahead = True
+    with pytest.raises(socket.timeout):
+        transport.read_frame()
+
+
+def test_read_ahead_goes_only_in_front_of_plain_tcp_transports() -> None:
+    from amqp.transport import SSLTransport
+
+    assert celery_internals.ReadAhead.install(SSLTransport.__new__(SSLTransport)) is None
+
+
+def test_the_draining_reader_reads_ahead_only_during_its_run() -> None:
+    read_ahead = celery_internals.ReadAhead(lambda size: b"")
+    reader = celery_internals.DrainingReader(read_ahead)
+    during: list[bool] = []
+
+    class Watched(FakeAmqpConnection):
+        def drain_events(self, timeout: float | None = None) -> None:
+            during.append(read_ahead.ahead)
+            super().drain_events(timeout)
+
+    reader(Watched(3, TimeoutError()), FakeLoop())
+    assert during == [True] * 4
+    assert not read_ahead.ahead
+    with pytest.raises(ConnectionResetError):
+        reader(Watched(1, ConnectionResetError(errno.ECONNRESET, "reset")), FakeLoop())
+    assert not read_ahead.ahead
 
 
 def test_worker_state_and_the_worker_class_have_what_the_door_uses() -> None:

@@ -52,6 +52,11 @@ class SecantusServer:
         return f"mongodb://{self.host}:{self.port}/?retryWrites=false"
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id, once started."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None

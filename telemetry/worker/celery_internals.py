@@ -22,7 +22,9 @@ used only in this module:
 * the consumer's ``connect`` and ``hub`` (``add_reader``), to read its
   socket with a :class:`DrainingReader` instead of kombu's
   ``Transport.on_readable``, through py-amqp's ``Connection.drain_events``
-  and ``connected``;
+  and ``connected``; and py-amqp's ``TCPTransport``, whose reads go through
+  its ``_quick_recv`` attribute, where a :class:`ReadAhead` stands in for the
+  socket's ``recv``;
 * kombu's ``Message.ack(multiple=True)`` and its ``_state`` field, to settle a
   run of deliveries with one multiple-ack (:class:`Unsettled`), marking the
   others of the run acknowledged as kombu would;
@@ -65,6 +67,7 @@ from types import ModuleType
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 from amqp.exceptions import RecoverableConnectionError
+from amqp.transport import TCPTransport
 from celery.apps import worker as celery_apps_worker
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.utils.imports import import_from_cwd
@@ -550,9 +553,13 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         """Celery's consumer connection, its socket read by a :class:`DrainingReader`."""
         connection = super().connect()
         if self.hub is not None and connection.transport.driver_type == "amqp":
+            amqp_connection = connection.connection
             # The same socket again: the hub keeps its registration and takes the new reader.
             self.hub.add_reader(
-                connection.connection.sock, DrainingReader(), connection.connection, self.hub
+                amqp_connection.sock,
+                DrainingReader(ReadAhead.install(amqp_connection.transport)),
+                amqp_connection,
+                self.hub,
             )
         return connection
 
@@ -646,10 +653,14 @@ class DrainingReader:
     and makes a promise. This one takes messages while the socket has them,
     up to a bound, so timers, acks and shutdown still come between runs of
     messages: 6 % less worker CPU per point (alternating 40,000-point drains).
+    During a run a :class:`ReadAhead` reads the socket a chunk at a time.
     Errors pass on as from kombu's reader, and Celery reconnects on them.
     """
 
     LIMIT = 64
+
+    def __init__(self, read_ahead: ReadAhead | None = None) -> None:
+        self._read_ahead = read_ahead
 
     def __call__(self, connection: Any, loop: Any) -> None:
         if not connection.connected:
@@ -663,6 +674,9 @@ class DrainingReader:
         sock = connection.sock
         blocking = sock.gettimeout()
         sock.settimeout(0)
+        read_ahead = self._read_ahead
+        if read_ahead is not None:
+            read_ahead.ahead = True
         try:
             for _ in range(self.LIMIT):
                 try:
@@ -674,9 +688,59 @@ class DrainingReader:
                         return
                     raise
         finally:
+            if read_ahead is not None:
+                read_ahead.ahead = False
             with suppress(OSError):  # closed meanwhile: nothing to restore
                 sock.settimeout(blocking)
+        # Run again before the next poll: the socket may hold more, and so may read_ahead.
         loop.call_soon(self, connection, loop)
+
+
+class ReadAhead:
+    """py-amqp's socket reads, a chunk at a time while a :class:`DrainingReader` runs.
+
+    py-amqp reads each frame with three exact ``recv`` calls (header, payload,
+    end octet): nine system calls a message. While :attr:`ahead` is set this
+    reads up to :attr:`CHUNK` bytes at once and serves py-amqp's exact reads
+    from them. It never returns more than asked, so py-amqp's own buffering
+    is unchanged. Bytes read ahead are only ever left over when the reader
+    stopped at its limit, and it runs again before the next poll; outside a
+    run, reads take what is left first and then read exactly, as before, so
+    nothing waits in this buffer while the event loop waits on the socket.
+    Alternating 20,000-point drains, 4 pairs: 148 → 141 µs of worker CPU per
+    point on average, and 0.6 reads a message instead of 9.6 (strace).
+    """
+
+    CHUNK = 65_536
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._recv = recv
+        self._chunk = b""
+        self._offset = 0
+        self.ahead = False
+
+    @classmethod
+    def install(cls, transport: Any) -> ReadAhead | None:
+        """Put one in front of a plain-TCP py-amqp transport's reads; None for others (TLS)."""
+        if not isinstance(transport, TCPTransport):
+            return None
+        read_ahead = cls(transport.sock.recv)
+        transport._quick_recv = read_ahead
+        return read_ahead
+
+    def __call__(self, wanted: int) -> bytes:
+        chunk, offset = self._chunk, self._offset
+        if offset < len(chunk):
+            end = offset + wanted
+            self._offset = end
+            return chunk[offset:end]
+        if not self.ahead:
+            return self._recv(wanted)
+        data = self._recv(max(wanted, self.CHUNK))
+        if len(data) <= wanted:
+            return data
+        self._chunk, self._offset = data, wanted
+        return data[:wanted]
 
 
 # kombu's JSON envelope for types JSON lacks (datetime, UUID, Decimal, bytes).
