@@ -257,12 +257,16 @@ def test_the_draining_reader_passes_connection_errors_on() -> None:
 def test_py_amqps_tcp_transport_reads_through_the_attribute_read_ahead_replaces() -> None:
     from amqp.transport import TCPTransport
 
-    assert "self._quick_recv = self.sock.recv" in inspect.getsource(TCPTransport._setup_transport)
-    assert "recv = self._quick_recv" in inspect.getsource(TCPTransport._read)
+    setup = inspect.getsource(TCPTransport._setup_transport)
+    assert "self._quick_recv = self.sock.recv" in setup
+    read = inspect.getsource(TCPTransport._read)
+    assert "recv = self._quick_recv" in read
+    # What a read returns beyond what was asked stays in the buffer for the next reads.
+    assert "result, self._read_buffer = rbuf[:n], rbuf[n:]" in read
 
 
 class CountingSocket:
-    """A real socket whose reads are counted, with the sizes py-amqp asked for."""
+    """A real socket whose reads are counted, with the sizes asked for."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -290,7 +294,7 @@ def amqp_frame(number: int, size: int) -> bytes:
 
 @pytest.fixture
 def transport_and_peer() -> Iterator[tuple[Any, CountingSocket, socket.socket]]:
-    """py-amqp's own TCP transport reading one end of a socket pair, with a ReadAhead."""
+    """py-amqp's own TCP transport reading one end of a socket pair."""
     from amqp.transport import TCPTransport
 
     ours, peer = socket.socketpair()
@@ -314,33 +318,35 @@ def test_read_ahead_reads_frames_a_chunk_at_a_time_in_order(
     read_ahead = celery_internals.ReadAhead.install(transport)
     assert read_ahead is not None
     sizes = [300 + number % 7 * 50 for number in range(200)]
-    sizes[57] = celery_internals.ReadAhead.CHUNK + 5_000  # a frame bigger than a chunk
+    sizes[57] = celery_internals.ReadAhead.CHUNK * 3 + 5  # a frame bigger than a chunk
     frames = [amqp_frame(number, size) for number, size in enumerate(sizes)]
     sender = threading.Thread(target=peer.sendall, args=(b"".join(frames),))
     sender.start()
     counted.settimeout(5)
-    read_ahead.ahead = True
+    read_ahead.start()
     got = [transport.read_frame() for _ in frames]
     sender.join()
     assert [payload for _, _, payload in got] == [frame[7:-1] for frame in frames]
     # py-amqp alone asks three times a frame (header, payload, end octet): 600 reads.
-    assert len(counted.asked) < 30
+    assert all(size >= celery_internals.ReadAhead.CHUNK for size in counted.asked)
+    assert len(counted.asked) < len(frames) // 4
 
 
-def test_read_ahead_leaves_nothing_waiting_once_the_run_ends(
+def test_read_ahead_leaves_nothing_unread_in_the_buffer_once_the_run_ends(
     transport_and_peer: tuple[Any, CountingSocket, socket.socket],
 ) -> None:
     transport, counted, peer = transport_and_peer
     read_ahead = celery_internals.ReadAhead.install(transport)
     assert read_ahead is not None
-    frames = [amqp_frame(number, 500) for number in range(20)]
+    frames = [amqp_frame(number, 300) for number in range(20)]
     peer.sendall(b"".join(frames))
     counted.settimeout(0)
-    read_ahead.ahead = True
+    read_ahead.start()
     first = [transport.read_frame() for _ in range(5)]
     assert len(counted.asked) == 1  # all twenty came in one read
-    read_ahead.ahead = False
-    # Outside a run the bytes already read are served first, without the socket...
+    # A run that ends here (at its limit) runs again before the next poll; whatever
+    # reads come first are served from what was read, without the socket...
+    read_ahead.stop()
     rest = [transport.read_frame() for _ in range(15)]
     assert len(counted.asked) == 1
     assert [payload for _, _, payload in first + rest] == [frame[7:-1] for frame in frames]
@@ -350,11 +356,17 @@ def test_read_ahead_leaves_nothing_waiting_once_the_run_ends(
     counted.settimeout(5)
     assert transport.read_frame()[2] == later[7:-1]
     assert counted.asked[1:] == [7, 800, 1]
-    # An empty socket says so, as it did without the read-ahead.
+    # A run meeting the start of a frame keeps it and says the socket is empty: the
+    # rest wakes the poll, and the next run reads the whole frame. (Once a header is
+    # in, py-amqp waits for the payload in the read, with or without a read-ahead.)
+    split = amqp_frame(21, 400)
+    peer.sendall(split[:4])
     counted.settimeout(0)
-    read_ahead.ahead = True
+    read_ahead.start()
     with pytest.raises(socket.timeout):
         transport.read_frame()
+    peer.sendall(split[4:])
+    assert transport.read_frame()[2] == split[7:-1]
 
 
 def test_read_ahead_goes_only_in_front_of_plain_tcp_transports() -> None:
@@ -363,22 +375,30 @@ def test_read_ahead_goes_only_in_front_of_plain_tcp_transports() -> None:
     assert celery_internals.ReadAhead.install(SSLTransport.__new__(SSLTransport)) is None
 
 
+class FakeTransport:
+    def __init__(self) -> None:
+        self._quick_recv = self.exact
+
+    def exact(self, size: int) -> bytes:
+        return b""
+
+
 def test_the_draining_reader_reads_ahead_only_during_its_run() -> None:
-    read_ahead = celery_internals.ReadAhead(lambda size: b"")
-    reader = celery_internals.DrainingReader(read_ahead)
+    transport = FakeTransport()
+    reader = celery_internals.DrainingReader(celery_internals.ReadAhead(transport))
     during: list[bool] = []
 
     class Watched(FakeAmqpConnection):
         def drain_events(self, timeout: float | None = None) -> None:
-            during.append(read_ahead.ahead)
+            during.append(transport._quick_recv != transport.exact)
             super().drain_events(timeout)
 
     reader(Watched(3, TimeoutError()), FakeLoop())
     assert during == [True] * 4
-    assert not read_ahead.ahead
+    assert transport._quick_recv == transport.exact
     with pytest.raises(ConnectionResetError):
         reader(Watched(1, ConnectionResetError(errno.ECONNRESET, "reset")), FakeLoop())
-    assert not read_ahead.ahead
+    assert transport._quick_recv == transport.exact
 
 
 def test_worker_state_and_the_worker_class_have_what_the_door_uses() -> None:
