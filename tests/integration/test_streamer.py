@@ -9,8 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kombu import Connection, Queue
 from pymongo.database import Database
 
+from telemetry.broker.messages import build_task_message
+from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.dcgm import Row, read_dcgm_csv
@@ -31,6 +34,39 @@ def test_sample_file_is_confirmed_by_the_broker_row_for_row(
     # then
     assert (report.rows_sent, report.confirmed, report.errors) == (2470, 2470, 0)
     assert queue_depth(broker_url, queue_name) == 2470
+
+
+def test_a_new_message_reads_as_kombus_producer_would_have_sent_it(
+    broker_url: str, queue_name: str, publisher: ConfirmingPublisher
+) -> None:
+    # given: one point, sent on py-amqp's own publish (the streamer's way)...
+    row = next(row for row in read_dcgm_csv(SAMPLE_CSV) if isinstance(row, Row))
+    message = build_task_message(row.point.wire(), row.metadata.known())
+    publisher.send(message)
+    # ...and again through kombu's Producer, as compressed or replayed messages go
+    publisher._amqp_exchange = None
+    publisher.send(message)
+    publisher.flush()
+    # when
+    with Connection(broker_url) as connection:
+        work = Queue(queue_name, no_declare=True, channel=connection.channel())
+        direct, through_kombu = work.get(no_ack=True), work.get(no_ack=True)
+    # then: the same body, headers and properties, but for kombu's explicit priority 0
+    assert direct is not None and through_kombu is not None
+    assert direct.body == through_kombu.body
+    assert direct.decode() == through_kombu.decode() == json.loads(json.dumps(message.body))
+    # (A quorum queue may add its delivery count to what it hands out.)
+    headers = [
+        {name: value for name, value in got.headers.items() if name != "x-delivery-count"}
+        for got in (direct, through_kombu)
+    ]
+    assert headers[0] == headers[1] == message.headers
+    kombu_properties = dict(through_kombu.properties)
+    assert kombu_properties.pop("priority") == 0
+    assert direct.properties == kombu_properties
+    assert direct.properties["delivery_mode"] == 2
+    assert direct.properties["correlation_id"] == message.task_id
+    assert (direct.content_type, direct.content_encoding) == ("application/json", "utf-8")
 
 
 def test_stream_command_stores_good_rows_and_reports_bad_ones_by_line(
