@@ -293,8 +293,8 @@ def amqp_frame(number: int, size: int) -> bytes:
 
 
 @pytest.fixture
-def transport_and_peer() -> Iterator[tuple[Any, CountingSocket, socket.socket]]:
-    """py-amqp's own TCP transport reading one end of a socket pair."""
+def reading() -> Iterator[tuple[Any, celery_internals.ReadAhead, CountingSocket, socket.socket]]:
+    """py-amqp's own TCP transport, with a ReadAhead, reading one end of a socket pair."""
     from amqp.transport import TCPTransport
 
     ours, peer = socket.socketpair()
@@ -304,19 +304,19 @@ def transport_and_peer() -> Iterator[tuple[Any, CountingSocket, socket.socket]]:
     transport.raise_on_initial_eintr = True
     transport.connected = True
     transport._setup_transport()
+    read_ahead = celery_internals.ReadAhead.of(transport)
+    assert read_ahead is not None
     try:
-        yield transport, counted, peer
+        yield transport, read_ahead, counted, peer
     finally:
         ours.close()
         peer.close()
 
 
 def test_read_ahead_reads_frames_a_chunk_at_a_time_in_order(
-    transport_and_peer: tuple[Any, CountingSocket, socket.socket],
+    reading: tuple[Any, celery_internals.ReadAhead, CountingSocket, socket.socket],
 ) -> None:
-    transport, counted, peer = transport_and_peer
-    read_ahead = celery_internals.ReadAhead.install(transport)
-    assert read_ahead is not None
+    transport, read_ahead, counted, peer = reading
     sizes = [300 + number % 7 * 50 for number in range(200)]
     sizes[57] = celery_internals.ReadAhead.CHUNK * 3 + 5  # a frame bigger than a chunk
     frames = [amqp_frame(number, size) for number, size in enumerate(sizes)]
@@ -333,11 +333,9 @@ def test_read_ahead_reads_frames_a_chunk_at_a_time_in_order(
 
 
 def test_read_ahead_leaves_nothing_unread_in_the_buffer_once_the_run_ends(
-    transport_and_peer: tuple[Any, CountingSocket, socket.socket],
+    reading: tuple[Any, celery_internals.ReadAhead, CountingSocket, socket.socket],
 ) -> None:
-    transport, counted, peer = transport_and_peer
-    read_ahead = celery_internals.ReadAhead.install(transport)
-    assert read_ahead is not None
+    transport, read_ahead, counted, peer = reading
     frames = [amqp_frame(number, 300) for number in range(20)]
     peer.sendall(b"".join(frames))
     counted.settimeout(0)
@@ -372,7 +370,7 @@ def test_read_ahead_leaves_nothing_unread_in_the_buffer_once_the_run_ends(
 def test_read_ahead_goes_only_in_front_of_plain_tcp_transports() -> None:
     from amqp.transport import SSLTransport
 
-    assert celery_internals.ReadAhead.install(SSLTransport.__new__(SSLTransport)) is None
+    assert celery_internals.ReadAhead.of(SSLTransport.__new__(SSLTransport)) is None
 
 
 class FakeTransport:

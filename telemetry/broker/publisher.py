@@ -119,7 +119,7 @@ class ConfirmingPublisher:
         if self._amqp_exchange is not None and "content_type" not in message.properties:
             # A new message to RabbitMQ, uncompressed: py-amqp's own publish, with the
             # properties kombu's Producer would give it. The Producer (serializer
-            # registry, declare check, message preparation) cost a fifth of the
+            # registry, declare check, message preparation) cost an eighth of the
             # streamer's CPU per point (alternating runs, docs/performance.md).
             self._channel.basic_publish(
                 amqp.Message(

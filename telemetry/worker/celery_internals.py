@@ -557,7 +557,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             # The same socket again: the hub keeps its registration and takes the new reader.
             self.hub.add_reader(
                 amqp_connection.sock,
-                DrainingReader(ReadAhead.install(amqp_connection.transport)),
+                DrainingReader(ReadAhead.of(amqp_connection.transport)),
                 amqp_connection,
                 self.hub,
             )
@@ -714,10 +714,10 @@ class ReadAhead:
     read). So it then holds less than a header, and the rest of that frame
     will wake the poll.
 
-    Alternating 20,000-point drains: 0.6 socket reads a message instead of
-    9.6 (strace), and about 5 % less worker CPU per point. 8 KiB chunks did
-    better than 2 and 32 KiB (each slice of py-amqp's buffer copies the rest
-    of it).
+    0.8 socket reads a message instead of 9.6 (strace of a drain, every
+    thread's reads), and about 9 % less worker CPU per point in alternating
+    drains, over two steps (docs/performance.md). 8 KiB chunks did better
+    than 2 and 32 KiB: each slice of py-amqp's buffer copies the rest of it.
     """
 
     CHUNK = 8192
@@ -730,7 +730,7 @@ class ReadAhead:
         self._chunked: Callable[[int], bytes] = lambda wanted: exact(max(wanted, chunk))
 
     @classmethod
-    def install(cls, transport: Any) -> ReadAhead | None:
+    def of(cls, transport: Any) -> ReadAhead | None:
         """One for a plain-TCP py-amqp transport; None for others (TLS reads its own way)."""
         return cls(transport) if isinstance(transport, TCPTransport) else None
 
