@@ -19,7 +19,7 @@ Measures, each ``--repeats`` times, and prints medians as a table and JSON:
 
 CPU per point is the process's CPU time (user + system, from /proc) from the
 moment it is ready or takes its first message to the last point stored. The
-live runs also give the CPU per point of the streamer (this process), the
+live and paced runs also give the CPU per point of the streamer (this process), the
 SecantusDB server and, when exactly one runs on this machine, RabbitMQ: all
 four share the machine's cores, so their sum bounds the live rate.
 
@@ -208,7 +208,8 @@ def end_to_end(
     already = settled(queue)
     started = time.monotonic()
     cpu_at_start = process_cpu_s(worker.process.pid)
-    # Live runs: the other processes sharing the cores (the streamer runs in this one).
+    # Live and paced runs: the other processes sharing the cores (the streamer runs in
+    # this one); a drain's streamer ran before the worker started.
     others = {"streamer": os.getpid(), "database": database_pid, "broker": local_broker_pid()}
     pids = {name: pid for name, pid in others.items() if pid} if report is None else {}
     others_at_start = {name: process_cpu_s(pid) for name, pid in pids.items()}
