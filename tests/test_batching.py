@@ -14,7 +14,7 @@ from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import batching, runtime
-from telemetry.worker.batching import Batcher, Pending, Quarantine, write_batch
+from telemetry.worker.batching import Batcher, Pending, Quarantine, Wakeups, write_batch
 from telemetry.worker.ingest import Delivery
 
 
@@ -98,6 +98,85 @@ def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interva
     # then
     assert [len(batch) for batch in submitted] == [2]
     assert len(batcher) == 0
+
+
+def test_batcher_says_when_its_oldest_message_is_due() -> None:
+    now = [10.0]
+    batcher = Batcher(100, 0.2, lambda batch: None, clock=lambda: now[0])
+    assert batcher.due_in() is None
+    batcher.add(pending(10.0))
+    batcher.add(pending(10.1))
+    now[0] = 10.15
+    assert batcher.due_in() == pytest.approx(0.05)
+    now[0] = 10.3
+    assert batcher.due_in() == 0.0
+
+
+class FakeTimer:
+    """The consumer's timer: one-off calls, fired by hand, earliest first."""
+
+    def __init__(self) -> None:
+        self.entries: list[FakeTimer.Entry] = []
+
+    class Entry:
+        def __init__(self, timer: FakeTimer, delay: float, call: Any) -> None:
+            self.timer, self.delay, self.call = timer, delay, call
+
+        def cancel(self) -> None:
+            self.timer.entries.remove(self)
+
+    def later(self, delay: float, call: Any) -> FakeTimer.Entry:
+        entry = FakeTimer.Entry(self, delay, call)
+        self.entries.append(entry)
+        return entry
+
+    def fire(self) -> None:
+        entry = min(self.entries, key=lambda entry: entry.delay)
+        self.entries.remove(entry)
+        entry.call()
+
+
+def test_wakeups_are_set_only_while_messages_are_held() -> None:
+    timer = FakeTimer()
+    held = [0]
+    wakes: list[int] = []
+
+    def wake() -> None:
+        wakes.append(held[0])
+        held[0] = max(held[0] - 1, 0)
+
+    wakeups = Wakeups(timer.later, lambda: 0.2 if held[0] else None, wake, retry_s=0.02)
+    # Nothing held: an idle worker's timer has nothing to do.
+    wakeups.arm()
+    assert timer.entries == [] and not wakeups.pending
+    # The first held message sets one wake-up; more messages do not add others.
+    held[0] = 2
+    wakeups.arm()
+    wakeups.arm()
+    assert [entry.delay for entry in timer.entries] == [0.2]
+    # Each wake-up sets the next while anything is held, and none once nothing is.
+    timer.fire()
+    assert len(timer.entries) == 1
+    timer.fire()
+    assert timer.entries == [] and wakes == [2, 1]
+    held[0] = 1
+    wakeups.arm()
+    wakeups.cancel()
+    assert timer.entries == [] and not wakeups.pending
+
+
+def test_a_failing_wakeup_comes_back_but_does_not_spin() -> None:
+    timer = FakeTimer()
+
+    def broken() -> None:
+        raise RuntimeError("flush failed")
+
+    wakeups = Wakeups(timer.later, lambda: 0.0, broken, retry_s=0.02)
+    wakeups.arm()
+    with pytest.raises(RuntimeError):
+        timer.fire()
+    # Set again, for no sooner than retry_s, though the held message is overdue.
+    assert [entry.delay for entry in timer.entries] == [0.02]
 
 
 class HeldMessage:

@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -48,6 +49,34 @@ def test_the_consumer_has_every_hook_and_helper_the_door_uses() -> None:
     ):
         assert callable(getattr(Consumer, name, None)), name
     assert issubclass(celery_internals.GuardedConsumer, Consumer)
+
+
+def test_the_consumers_timers_call_once_after_a_delay_and_can_be_cancelled() -> None:
+    from celery.utils.timer2 import Timer as ThreadTimer
+    from kombu.asynchronous.timer import Timer as EventLoopTimer
+
+    # The event loop's timer (kombu's) and the one Celery uses without an event loop.
+    loop_timer, calls = EventLoopTimer(), []
+    loop_timer.call_after(0.01, lambda: calls.append("kept"))
+    loop_timer.call_after(0.01, lambda: calls.append("dropped")).cancel()
+    time.sleep(0.02)
+    due = iter(loop_timer)  # what the event loop's hub takes its due entries from
+    for _ in range(3):
+        _, entry = next(due)
+        if entry is not None:
+            entry()
+    assert calls == ["kept"]
+    thread_timer, thread_calls = ThreadTimer(), []
+    try:
+        thread_timer.call_after(0.01, lambda: thread_calls.append("kept"))
+        thread_timer.call_after(0.01, lambda: thread_calls.append("dropped")).cancel()
+        deadline = time.monotonic() + 5
+        while not thread_calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        thread_timer.stop()
+    assert thread_calls == ["kept"]
 
 
 def test_the_event_dispatcher_has_the_attributes_a_batch_of_events_is_sent_with() -> None:

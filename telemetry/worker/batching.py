@@ -124,6 +124,13 @@ class Batcher:
         if batch:
             self._submit(batch)
 
+    def due_in(self) -> float | None:
+        """Seconds until the oldest buffered message has waited the interval; None if empty."""
+        with self._lock:
+            if not self._buffer:
+                return None
+            return max(self._buffer[0].received + self.flush_interval_s - self._clock(), 0.0)
+
     def discard(self) -> int:
         """Forget the buffer, unsettled; return how many were in it."""
         with self._lock:
@@ -194,13 +201,67 @@ class Quarantine:
             return len(self._waiting)
 
 
+class Wakeups:
+    """The consumer's timer for held messages, set only while messages are held.
+
+    A timer that ticked every 20 ms whether or not anything was held kept an
+    idle worker waking 50 times a second. This one is set when a message is
+    held and nothing is set yet, for when the first held message is due; when
+    it fires it does its work and sets itself again only if messages are still
+    held. Only the consumer's thread calls it, as it does all timer work.
+    """
+
+    def __init__(
+        self,
+        later: Callable[[float, Callable[[], None]], Cancellable],
+        due_in: Callable[[], float | None],
+        on_wake: Callable[[], None],
+        retry_s: float,
+    ) -> None:
+        self._later = later
+        self._due_in = due_in
+        self._on_wake = on_wake
+        self._retry_s = retry_s
+        self._entry: Cancellable | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether a wake-up is set."""
+        return self._entry is not None
+
+    def arm(self, at_least_s: float = 0.0) -> None:
+        """Set a wake-up for when the first held message is due, unless one is set."""
+        if self._entry is not None:
+            return
+        delay = self._due_in()
+        if delay is not None:
+            self._entry = self._later(max(delay, at_least_s), self._wake)
+
+    def cancel(self) -> None:
+        """Drop the pending wake-up, if any."""
+        if self._entry is not None:
+            self._entry.cancel()
+            self._entry = None
+
+    def _wake(self) -> None:
+        self._entry = None
+        try:
+            self._on_wake()
+        except Exception:
+            # The timer logs it. Come back no sooner than ``retry_s``: an error that
+            # repeats with a message overdue would otherwise spin.
+            self.arm(at_least_s=self._retry_s)
+            raise
+        self.arm()
+
+
 @dataclass
 class ConsumerState:
     """What one consumer's handler keeps between messages, found again after a reconnect."""
 
     batcher: Batcher | None
     quarantine: Quarantine
-    timer: Cancellable | None = None
+    timer: Wakeups | None = None
 
     def discard(self) -> int:
         """Stop the timer and forget every held message; return how many there were."""
@@ -308,13 +369,23 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
         if suspect is not None:
             submit([suspect])
 
-    def tick() -> None:
+    def wake() -> None:
         if batcher is not None:
             batcher.flush_due()
         next_suspect()
 
-    # Checked often, so a point waits at most FLUSH_INTERVAL_MS plus one tick.
-    state.timer = port.every(min(flush_interval_s / 4, 0.02), tick)
+    # Redelivered messages wait for their hold and for the suspect before them to
+    # be settled (settling one also asks for the next): checked this often.
+    suspect_check_s = min(flush_interval_s / 4, 0.02)
+
+    def due_in() -> float | None:
+        """Seconds until held messages need the timer; None when none are held."""
+        waits = [suspect_check_s] if len(state.quarantine) else []
+        if batcher is not None and (batch_due := batcher.due_in()) is not None:
+            waits.append(batch_due)
+        return min(waits, default=None)
+
+    wakeups = state.timer = Wakeups(port.later, due_in, wake, retry_s=suspect_check_s)
     if batcher is not None:
         logger.info(
             "Batch commits: up to %d points per write, flushed after %d ms",
@@ -340,6 +411,7 @@ def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> Me
             state.quarantine.add(pending, suspect)
         elif batcher is not None:
             batcher.add(pending)
+        wakeups.arm()
         return True
 
     # Messages are offered to `take` before Celery's handler. Those it declines reach

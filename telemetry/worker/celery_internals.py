@@ -10,7 +10,7 @@ used only in this module:
   ``handle(message, body, ack, reject, callbacks)``, with ``ack`` and
   ``reject`` the consumer's ``ack_log_error`` / ``reject_log_error`` promises;
 * the worker consumer (``celery.worker.consumer.Consumer``): its ``pool``
-  (``apply_async`` with callbacks), ``timer.call_repeatedly``,
+  (``apply_async`` with callbacks), ``timer.call_after``,
   ``call_soon``, ``connection_errors``, ``event_dispatcher``,
   ``create_task_handler`` (wrapped to see every message first; a message the
   batch path takes there skips Celery's handler, so its ack and reject
@@ -309,9 +309,9 @@ class ConsumerPort:
         """Run ``function(*args)`` on the consumer's own thread, where Celery's calls belong."""
         self._consumer.call_soon(function, *args)
 
-    def every(self, seconds: float, function: Callable[[], None]) -> Cancellable:
-        """Call ``function`` every ``seconds`` on the consumer's timer."""
-        entry: Cancellable = self._consumer.timer.call_repeatedly(seconds, function)
+    def later(self, seconds: float, function: Callable[[], None]) -> Cancellable:
+        """Call ``function`` once, ``seconds`` from now, on the consumer's timer."""
+        entry: Cancellable = self._consumer.timer.call_after(seconds, function)
         return entry
 
     def events(self) -> TaskEventSender:
