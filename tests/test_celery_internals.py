@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import os
+import select
+import signal
 import socket
 import struct
 import threading
@@ -299,6 +302,63 @@ def test_the_draining_reader_passes_connection_errors_on() -> None:
     with pytest.raises(RecoverableConnectionError):
         reader(gone, FakeLoop())
     assert gone.read == 0
+
+
+class RecordingHub:
+    def __init__(self) -> None:
+        self.readers: dict[int, Any] = {}
+
+    def add_reader(self, fd: int, callback: Any, *args: Any) -> None:
+        self.readers[fd] = (callback, args)
+
+
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0.5)[0])
+
+
+def test_a_signal_wakes_the_event_loop_at_once() -> None:
+    wakeup, hub = celery_internals.SignalWakeup(), RecordingHub()
+    previous_handler = signal.signal(signal.SIGUSR1, lambda number, frame: None)
+    try:
+        wakeup.register(hub)
+        fd = wakeup.fileno
+        assert fd is not None and hub.readers == {fd: (wakeup.drain, ())}
+        assert not readable(fd)
+        # when: a signal, as Celery's warm shutdown gets
+        os.kill(os.getpid(), signal.SIGUSR1)
+        # then: what the loop polls is readable, until the reader drains it
+        assert readable(fd)
+        wakeup.drain()
+        assert not select.select([fd], [], [], 0)[0]
+        # and after a reconnect the same socket is registered again
+        again = RecordingHub()
+        wakeup.register(again)
+        assert list(again.readers) == [fd]
+    finally:
+        wakeup.uninstall()
+        signal.signal(signal.SIGUSR1, previous_handler)
+    assert signal.set_wakeup_fd(-1) == -1  # nothing left behind
+
+
+def test_the_signal_wakeup_leaves_a_descriptor_set_by_someone_else() -> None:
+    theirs_receiver, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    signal.set_wakeup_fd(theirs.fileno())
+    try:
+        hub = RecordingHub()
+        celery_internals.SignalWakeup().register(hub)
+        assert hub.readers == {}
+        assert signal.set_wakeup_fd(theirs.fileno()) == theirs.fileno()
+    finally:
+        signal.set_wakeup_fd(-1)
+        theirs_receiver.close()
+        theirs.close()
+    # and a worker run in another thread (the demo) cannot set one at all
+    hub = RecordingHub()
+    elsewhere = threading.Thread(target=celery_internals.SignalWakeup().register, args=(hub,))
+    elsewhere.start()
+    elsewhere.join()
+    assert hub.readers == {}
 
 
 def test_py_amqps_tcp_transport_reads_through_the_attribute_read_ahead_replaces() -> None:

@@ -209,6 +209,8 @@ class Wakeups:
     held and nothing is set yet, for when the first held message is due; when
     it fires it does its work and sets itself again only if messages are still
     held. Only the consumer's thread calls it, as it does all timer work.
+    (The old tick also had the loop see a shutdown request within 20 ms; a
+    signal now wakes the loop itself, see ``celery_internals.SignalWakeup``.)
     """
 
     def __init__(

@@ -19,7 +19,8 @@ used only in this module:
   ``connection_for_write`` / ``ensure_connected``, and the hooks
   ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
   ``on_unknown_task``;
-* the consumer's ``connect`` and ``hub`` (``add_reader``), to read its
+* the consumer's ``connect`` and ``hub`` (``add_reader``), to wake the loop
+  on signals (:class:`SignalWakeup`) and to read its
   socket with a :class:`DrainingReader` instead of kombu's
   ``Transport.on_readable``, through what py-amqp's ``Connection.drain_events``
   does for each frame (``transport.read_frame`` and ``on_inbound_frame``,
@@ -60,6 +61,9 @@ import errno
 import functools
 import json
 import logging
+import signal
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -563,6 +567,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                 amqp_connection,
                 self.hub,
             )
+            SIGNAL_WAKEUP.register(self.hub)
         return connection
 
     def connection_for_write(self, url: str | None = None, heartbeat: float | None = None) -> Any:
@@ -754,6 +759,71 @@ class ReadAhead:
     def stop(self) -> None:
         """Read exactly what py-amqp asks for, as py-amqp does on its own."""
         self._transport._quick_recv = self._exact
+
+
+class SignalWakeup:
+    """Wakes the consumer's event loop whenever the process gets a signal.
+
+    Celery's shutdown signals only set a flag, which its loop reads between
+    polls; a poll waits for a message or the next timer. With nothing held
+    for a batch, the next timer can be a second or two away (stopping an idle
+    worker took 1.2 s, against 0.7 s while a timer ticked every 20 ms).
+    Python writes a byte to the wake-up descriptor for every signal, before
+    any handler runs; the loop polls the other end of a socket pair and
+    returns at once. Only the main thread can set it, and only if nothing
+    else in the process has set one.
+    """
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None  # (receiver, sender)
+
+    @property
+    def fileno(self) -> int | None:
+        """The descriptor the event loop polls; None until installed."""
+        return None if self._pair is None else self._pair[0].fileno()
+
+    def register(self, hub: Any) -> None:
+        """Have ``hub`` poll for signals (again after a reconnect); install on first use."""
+        if self._pair is None:
+            self._pair = self._installed()
+        if self._pair is not None:
+            hub.add_reader(self._pair[0].fileno(), self.drain)
+
+    @staticmethod
+    def _installed() -> tuple[socket.socket, socket.socket] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        receiver, sender = socket.socketpair()
+        receiver.setblocking(False)
+        sender.setblocking(False)
+        previous = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+        if previous != -1:  # someone else's: leave it theirs
+            signal.set_wakeup_fd(previous)
+            receiver.close()
+            sender.close()
+            return None
+        return receiver, sender
+
+    def drain(self) -> None:
+        """Read the bytes the signals wrote; the flags they set are read by the loop."""
+        if self._pair is None:
+            return
+        with suppress(BlockingIOError, InterruptedError):
+            while self._pair[0].recv(512):
+                pass
+
+    def uninstall(self) -> None:
+        """Stop writing signals to the socket pair, and close it (for tests)."""
+        if self._pair is None:
+            return
+        signal.set_wakeup_fd(-1)
+        for end in self._pair:
+            end.close()
+        self._pair = None
+
+
+SIGNAL_WAKEUP = SignalWakeup()
+"""The worker process's one :class:`SignalWakeup`: a process has one wake-up descriptor."""
 
 
 # kombu's JSON envelope for types JSON lacks (datetime, UUID, Decimal, bytes).
