@@ -22,6 +22,10 @@ class LatencyProxy:
     def close(self) -> None:
         """Stop accepting; open connections end with their peers."""
         self._closed.set()
+        # Closing alone does not wake a thread blocked in accept(), which would still
+        # take the next connection (a client reconnecting at once, say); this does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
 
     def _accept(self) -> None:
@@ -29,6 +33,9 @@ class LatencyProxy:
             try:
                 client, _ = self._listener.accept()
             except OSError:
+                return
+            if self._closed.is_set():  # arrived as the proxy closed: refused
+                client.close()
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             threading.Thread(

@@ -162,6 +162,10 @@ class CuttableProxy(LatencyProxy):
 
     def _pump(self, source: socket.socket, target: socket.socket, delay_s: float) -> None:
         self.sockets += [source, target]
+        if self._closed.is_set():  # accepted just before a cut that missed it: cut it too
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
         LatencyProxy._pump(source, target, delay_s)
 
     def cut(self) -> None:
