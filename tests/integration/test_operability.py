@@ -78,7 +78,9 @@ def test_metrics_count_every_outcome_exactly_and_the_url_is_logged(
     invalid = [dict(valid[0], value="NaN"), dict(valid[1], gpu_uuid="")]
     # when: 20 valid points, one of them twice, two invalid ones and an undecodable body
     publish_points(publisher, valid + valid[:1] + invalid)
-    with Connection(broker_url) as connection:
+    # With confirms: a message published without one can be dropped if its connection
+    # closes before the quorum queue has it.
+    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
         connection.Producer().publish(
             b"{not json",
             exchange=queue_name,
