@@ -106,6 +106,15 @@ def queue_name(broker_url: str) -> Iterator[str]:
             channel.exchange_delete(exchange)
 
 
+def confirming(url: str) -> Connection:
+    """A kombu connection whose publishes wait for the broker's confirm (raise on nack).
+
+    Tests publishing raw messages use it: without a confirm, a message whose
+    connection closes at once can be dropped before a quorum queue has it.
+    """
+    return Connection(url, transport_options={"confirm_publish": True}, connect_timeout=5)
+
+
 def queue_depth(broker_url: str, name: str) -> int:
     """Messages ready in a queue (unacked ones are not counted)."""
     with Connection(broker_url) as connection:

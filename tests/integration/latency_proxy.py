@@ -8,6 +8,13 @@ import threading
 import time
 
 
+def shut_down(*ends: socket.socket) -> None:
+    """End each socket both ways, as a peer going away would; closed ones are skipped."""
+    for end in ends:
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+
+
 class LatencyProxy:
     """Forwards 127.0.0.1:<port> to ``upstream``, holding each client chunk ``delay_s``."""
 
@@ -24,8 +31,7 @@ class LatencyProxy:
         self._closed.set()
         # Closing alone does not wake a thread blocked in accept(), which would still
         # take the next connection (a client reconnecting at once, say); this does.
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
+        shut_down(self._listener)
         self._listener.close()
 
     def _accept(self) -> None:
@@ -53,7 +59,6 @@ class LatencyProxy:
         except OSError:
             pass
         finally:
-            for end in (source, target):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-                end.close()
+            shut_down(source, target)
+            source.close()
+            target.close()

@@ -18,12 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kombu import Connection
 from pymongo.database import Database
 
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import dead_queue_name
-from tests.integration.conftest import cli_env, make_points, publish_points, queue_depth
+from tests.integration.conftest import (
+    cli_env,
+    confirming,
+    make_points,
+    publish_points,
+    queue_depth,
+)
 from tests.integration.faults_support import assert_accounted, run_cli, stored
 from tools.launchers import WorkerProcess, wait_for
 
@@ -84,9 +89,7 @@ def test_poison_and_garbage_are_counted_and_nothing_loops(
     worker = start_worker()
     # when
     publish_points(publisher, bad_points)
-    # With confirms: a message published without one can be dropped if its connection
-    # closes before the quorum queue has it.
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+    with confirming(broker_url) as connection:
         producer = connection.Producer()
         for body, content_type, headers in [*raw_bodies, unknown_task]:
             producer.publish(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
@@ -15,15 +14,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.demo.embedded import SecantusServer, free_port
-from tests.integration.conftest import make_points, publish_points
-from tests.integration.latency_proxy import LatencyProxy
+from tests.integration.conftest import confirming, make_points, publish_points
+from tests.integration.latency_proxy import LatencyProxy, shut_down
 from tools.launchers import WorkerProcess, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -78,9 +76,7 @@ def test_metrics_count_every_outcome_exactly_and_the_url_is_logged(
     invalid = [dict(valid[0], value="NaN"), dict(valid[1], gpu_uuid="")]
     # when: 20 valid points, one of them twice, two invalid ones and an undecodable body
     publish_points(publisher, valid + valid[:1] + invalid)
-    # With confirms: a message published without one can be dropped if its connection
-    # closes before the quorum queue has it.
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+    with confirming(broker_url) as connection:
         connection.Producer().publish(
             b"{not json",
             exchange=queue_name,
@@ -165,17 +161,13 @@ class CuttableProxy(LatencyProxy):
     def _pump(self, source: socket.socket, target: socket.socket, delay_s: float) -> None:
         self.sockets += [source, target]
         if self._closed.is_set():  # accepted just before a cut that missed it: cut it too
-            for end in (source, target):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
+            shut_down(source, target)
         LatencyProxy._pump(source, target, delay_s)
 
     def cut(self) -> None:
         """Stop accepting and end every open connection."""
         self.close()
-        for end in self.sockets:
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
+        shut_down(*self.sockets)
 
 
 def test_readyz_is_503_with_the_reason_while_the_broker_connection_is_lost(

@@ -12,6 +12,7 @@ import uuid
 import pytest
 from kombu import Connection, Exchange, Message, Queue
 
+from tests.integration.conftest import confirming
 from tests.integration.rabbit_support import private_broker, rabbit_cluster
 from tools.rabbitmq_nodes import LocalCluster, LocalNode, NodeError, beam_pids, pick_ports
 
@@ -19,11 +20,6 @@ __all__ = ["private_broker", "rabbit_cluster"]  # the fixtures, re-exported for 
 
 SHARED_PORT = 5672
 BODY = b"x" * 600
-
-
-def confirming(url: str) -> Connection:
-    """A kombu connection whose publishes wait for the broker's confirm (raise on nack)."""
-    return Connection(url, transport_options={"confirm_publish": True}, connect_timeout=5)
 
 
 def declare(connection: Connection, name: str, queue_type: str = "classic") -> Queue:

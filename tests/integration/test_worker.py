@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kombu import Connection
 from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import dead_queue_name
 from telemetry.demo.embedded import SecantusServer
-from tests.integration.conftest import make_points, publish_points, queue_depth
+from tests.integration.conftest import confirming, make_points, publish_points, queue_depth
 from tools.launchers import WorkerProcess, wait_for
 
 
@@ -90,9 +89,7 @@ def test_invalid_messages_are_recorded_acked_and_the_worker_goes_on(
     ]
     # when
     publish_points(publisher, invalid + valid)
-    # With confirms: a message published without one can be dropped if its connection
-    # closes before the quorum queue has it.
-    with Connection(broker_url, transport_options={"confirm_publish": True}) as connection:
+    with confirming(broker_url) as connection:
         producer = connection.Producer()
         producer.publish(
             b"{not json",
