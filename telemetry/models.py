@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from telemetry.errors import InvalidMessage, RejectionKind
 
 MAX_LABELS_RAW_CHARS = 65_536
+MAX_GPU_INSTANCE_CHARS = 64
 MAX_FUTURE = timedelta(days=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -44,6 +45,8 @@ class Point(BaseModel):
     value: float
     timestamp: datetime
     labels_raw: str | None = Field(default=None, max_length=MAX_LABELS_RAW_CHARS)
+    # The MIG GPU instance (dcgm-exporter's GPU_I_ID); None is the whole GPU.
+    gpu_instance: str | None = Field(default=None, max_length=MAX_GPU_INSTANCE_CHARS)
 
     @field_validator("gpu_uuid", "metric_name", mode="before")
     @classmethod
@@ -51,6 +54,15 @@ class Point(BaseModel):
         if not isinstance(value, str):
             raise ValueError("must be a string")
         return value.strip()
+
+    @field_validator("gpu_instance", mode="before")
+    @classmethod
+    def _blank_instance_is_absent(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value.strip() or None
 
     @field_validator("value", mode="before")
     @classmethod
@@ -82,7 +94,13 @@ class Point(BaseModel):
         }
         if self.labels_raw is not None:
             body["labels_raw"] = self.labels_raw
+        if self.gpu_instance is not None:
+            body["gpu_instance"] = self.gpu_instance
         return body
+
+
+# Metadata fields that describe a point's MIG instance rather than its GPU.
+INSTANCE_FIELDS = frozenset({"gpu_instance_profile"})
 
 
 class GpuMetadata(BaseModel):
@@ -97,6 +115,10 @@ class GpuMetadata(BaseModel):
     container: str | None = Field(default=None, max_length=256)
     pod: str | None = Field(default=None, max_length=256)
     namespace: str | None = Field(default=None, max_length=256)
+    pci_bus_id: str | None = Field(default=None, max_length=256)
+    driver_version: str | None = Field(default=None, max_length=256)
+    # Describes the point's MIG instance, not the GPU: see :attr:`gpu_items`.
+    gpu_instance_profile: str | None = Field(default=None, max_length=256)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -114,6 +136,16 @@ class GpuMetadata(BaseModel):
         """:meth:`known` as pairs, worked out once: the model is frozen, and a GPU's one
         validated metadata serves its every point (:func:`gpu_metadata`)."""
         return tuple((key, value) for key, value in self.model_dump().items() if value is not None)
+
+    @functools.cached_property
+    def gpu_items(self) -> tuple[tuple[str, Any], ...]:
+        """:attr:`known_items` that describe the GPU, for its ``gpus`` record.
+
+        ``gpu_instance_profile`` is left out: each MIG instance of a GPU has
+        its own, so one field of the GPU's record would be overwritten by
+        whichever instance reported last.
+        """
+        return tuple(item for item in self.known_items if item[0] not in INSTANCE_FIELDS)
 
 
 def parse_timestamp(value: Any) -> datetime:

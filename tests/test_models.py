@@ -178,3 +178,45 @@ def test_a_point_goes_on_the_wire_at_another_time_if_given() -> None:
     later = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert point.wire(later)["timestamp"] == "2026-01-02T03:04:05Z"
     assert point.wire()["timestamp"] == "2025-07-18T20:42:34Z"
+
+
+def test_a_mig_instance_is_stripped_and_a_blank_one_is_the_whole_gpu() -> None:
+    point, _ = parse_message(point_with(gpu_instance=" 13 "), None)
+    assert point.gpu_instance == "13"
+    for blank in ("", "   ", None):
+        whole, _ = parse_message(point_with(gpu_instance=blank), None)
+        assert whole.gpu_instance is None
+    assert parse_message(point_with(), None)[0].gpu_instance is None
+
+
+@pytest.mark.parametrize(
+    ("instance", "reason"),
+    [(13, "gpu_instance: must be a string"), ("7" * 65, "gpu_instance: String should have at")],
+)
+def test_a_mig_instance_that_is_not_a_short_string_is_invalid(instance: Any, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        parse_message(point_with(gpu_instance=instance), None)
+
+
+def test_the_wire_form_has_the_instance_only_when_there_is_one() -> None:
+    whole = Point.model_validate(point_with())
+    assert "gpu_instance" not in whole.wire()
+    part = Point.model_validate(point_with(gpu_instance="2"))
+    assert part.wire()["gpu_instance"] == "2"
+    assert Point.model_validate(part.wire()) == part
+
+
+def test_mig_and_pci_metadata_follow_the_string_rules() -> None:
+    _, metadata = parse_message(
+        point_with(),
+        {
+            "gpu_instance_profile": " 1g.5gb ",
+            "pci_bus_id": "00000000:3B:00.0",
+            "driver_version": "",
+        },
+    )
+    assert metadata.known() == {"gpu_instance_profile": "1g.5gb", "pci_bus_id": "00000000:3B:00.0"}
+    # The profile is the instance's, so it is not one of the GPU's fields.
+    assert dict(metadata.gpu_items) == {"pci_bus_id": "00000000:3B:00.0"}
+    with pytest.raises(InvalidMessage, match="driver_version"):
+        parse_message(point_with(), {"driver_version": "5" * 257})

@@ -46,6 +46,7 @@ from telemetry.api.queries import (
 )
 from telemetry.api.schemas import (
     EXAMPLE_HOST,
+    EXAMPLE_INSTANCE,
     EXAMPLE_METRIC,
     EXAMPLE_MODEL,
     EXAMPLE_UUID,
@@ -320,15 +321,27 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
         "/gpus/{uuid}/telemetry",
         summary="Telemetry of a GPU",
         description=(
-            "The GPU's points in a window that includes both ends, ordered by timestamp, then "
-            "metric_name, a page at a time. With `step`, one point per metric per bucket of "
-            "that width, summarised by `agg` in the database; a downsampled window needs both "
-            "ends and may span at most 31 days."
+            "The GPU's points in a window that includes both ends, ordered by timestamp, "
+            "metric_name, then gpu_instance (the whole GPU's point first), a page at a time. "
+            "With `step`, one point per metric and MIG instance per bucket of that width, "
+            "summarised by `agg` in the database; a downsampled window needs both ends and may "
+            "span at most 31 days."
         ),
         response_model=TelemetryPage,
         responses=NOT_FOUND,
         dependencies=[
-            Depends(only("metric_name", "start_time", "end_time", "step", "agg", "limit", "cursor"))
+            Depends(
+                only(
+                    "metric_name",
+                    "instance",
+                    "start_time",
+                    "end_time",
+                    "step",
+                    "agg",
+                    "limit",
+                    "cursor",
+                )
+            )
         ],
     )
     def gpu_telemetry(
@@ -340,6 +353,16 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             Query(
                 description="Only these metrics; repeat the parameter for several. Default: all.",
                 openapi_examples=_example([EXAMPLE_METRIC], "GPU utilisation"),
+            ),
+        ] = None,
+        instance: Annotated[
+            str | None,
+            Query(
+                description=(
+                    "Only the points of this MIG instance (its GPU_I_ID, as in the GPU's "
+                    "`mig_instances`). Default: every point, the whole GPU's and each instance's."
+                ),
+                openapi_examples=_example(EXAMPLE_INSTANCE, "One MIG instance"),
             ),
         ] = None,
         start_time: Annotated[
@@ -385,7 +408,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             ),
         ] = POINT_LIMIT_DEFAULT,
     ) -> TelemetryPage:
-        query = telemetry_query(uuid, metric_name, start_time, end_time, step, agg, limit)
+        query = telemetry_query(uuid, metric_name, start_time, end_time, step, agg, limit, instance)
         return store.telemetry(query, cursor)
 
     return router

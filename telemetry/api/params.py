@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 # Page sizes: the defaults and caps of the issue, so one request reads a bounded number of rows.
 GPU_LIMIT_DEFAULT = 100
@@ -31,6 +31,8 @@ STEP_MAX = timedelta(days=1)
 MAX_METRIC_NAMES = 100
 # Longest identifier accepted (the collector stores at most 256 characters too).
 MAX_NAME_CHARS = 256
+# Longest MIG instance id accepted: the collector stores at most 64 characters.
+MAX_INSTANCE_CHARS = 64
 
 Aggregation = Literal["avg", "min", "max", "last"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("avg", "min", "max", "last")
@@ -124,6 +126,20 @@ def check_name(name: str, value: str) -> str:
     return value
 
 
+def check_instance(value: str | None) -> str | None:
+    """The ``instance`` parameter, a MIG instance id: non-blank, bounded, compared as given."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise bad_request("invalid_parameter", "instance must not be empty")
+    if len(value) > MAX_INSTANCE_CHARS:
+        raise bad_request(
+            "invalid_parameter", f"instance is longer than {MAX_INSTANCE_CHARS} characters"
+        )
+    # The collector stores ids stripped; a padded id would match nothing.
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class TelemetryQuery:
     """A checked ``/telemetry`` request: everything the database query is built from."""
@@ -135,6 +151,7 @@ class TelemetryQuery:
     step: timedelta | None
     agg: Aggregation | None
     limit: int
+    gpu_instance: str | None = None
 
     def identity(self) -> str:
         """A digest of what the request selects, bound into its cursors.
@@ -150,6 +167,7 @@ class TelemetryQuery:
             self.end.isoformat() if self.end else None,
             self.step.total_seconds() if self.step else None,
             self.agg,
+            self.gpu_instance,
         ]
         return query_digest("telemetry", parts)
 
@@ -162,9 +180,11 @@ def telemetry_query(
     step: str | None,
     agg: Aggregation | None,
     limit: int,
+    instance: str | None = None,
 ) -> TelemetryQuery:
     """Check every ``/telemetry`` parameter together; raise :class:`ApiError` on the first wrong."""
     check_name("gpu uuid", gpu_uuid)
+    gpu_instance = check_instance(instance)
     names = sorted({check_name("metric_name", name) for name in metric_names or []})
     if len(names) > MAX_METRIC_NAMES:
         raise bad_request(
@@ -198,6 +218,7 @@ def telemetry_query(
         step=width,
         agg=(agg or "avg") if width is not None else None,
         limit=limit,
+        gpu_instance=gpu_instance,
     )
 
 
@@ -233,13 +254,26 @@ def decode_cursor(raw: str | None, digest: str) -> list[Any] | None:
     return key
 
 
-def time_key(key: list[Any]) -> tuple[datetime, str]:
-    """A telemetry cursor key, ``[epoch milliseconds, metric_name]``, checked for type."""
+class PointKey(NamedTuple):
+    """Where a telemetry page stopped: the order of points is this tuple's.
+
+    ``gpu_instance`` is ``""`` for a point of the whole GPU: no instance id is
+    empty, and ``""`` sorts before every other, as a missing instance does.
+    """
+
+    timestamp: datetime
+    metric_name: str
+    gpu_instance: str
+
+
+def point_key(key: list[Any]) -> PointKey:
+    """A telemetry cursor key, ``[epoch milliseconds, metric_name, gpu_instance]``, checked."""
     if (
-        len(key) != 2
+        len(key) != 3
         or not isinstance(key[0], int)
         or isinstance(key[0], bool)
         or not isinstance(key[1], str)
+        or not isinstance(key[2], str)
     ):
         raise bad_request("invalid_cursor", "cursor is not one this API returned")
     try:
@@ -247,7 +281,7 @@ def time_key(key: list[Any]) -> tuple[datetime, str]:
         moment = EPOCH + timedelta(milliseconds=key[0])
     except OverflowError:
         raise bad_request("invalid_cursor", "cursor is not one this API returned") from None
-    return moment, key[1]
+    return PointKey(moment, key[1], key[2])
 
 
 def epoch_ms(moment: datetime) -> int:

@@ -7,7 +7,8 @@ equality, datetimes, integers), always in the value position of a filter:
 a client's text can never become a MongoDB operator or field name.
 
 Pagination is by key, not by offset. Points sort by ``(timestamp,
-metric_name)``, which is unique per GPU (it is the point's ``_id``), and a
+metric_name, gpu_instance)``, which is unique per GPU (it is the point's
+``_id``; a point of the whole GPU has no instance and sorts first), and a
 page continues strictly after the last key it returned: points written while
 a client pages through are neither skipped nor repeated, and those later
 than the cursor show up on later pages. The index that serves it is
@@ -38,29 +39,45 @@ from pymongo.uri_parser import parse_uri
 from telemetry.api.params import (
     EPOCH,
     ApiError,
+    PointKey,
     TelemetryQuery,
     decode_cursor,
     encode_cursor,
     epoch_ms,
     format_step,
     format_time,
+    point_key,
     query_digest,
-    time_key,
 )
 from telemetry.api.schemas import (
     Gpu,
     GpuList,
     LatestMetric,
     MetricList,
+    MigInstance,
     TelemetryPage,
     TelemetryPoint,
 )
 from telemetry.config import Settings
+from telemetry.store.mongo import MIG_INSTANCES, instance_of_key
 
 # The server-side time limit of one query, in milliseconds, unless create_app is told another.
 DEFAULT_QUERY_TIME_LIMIT_MS = 10_000
 ONE_MILLISECOND = timedelta(milliseconds=1)
-GPU_FIELDS = ("hostname", "device", "gpu_index", "model_name", "container", "pod", "namespace")
+GPU_FIELDS = (
+    "hostname",
+    "device",
+    "gpu_index",
+    "model_name",
+    "container",
+    "pod",
+    "namespace",
+    "pci_bus_id",
+    "driver_version",
+)
+# A point's MIG instance in aggregations: "" for the whole GPU, whose points have none,
+# so it groups as a value of its own and sorts before every instance (see PointKey).
+INSTANCE_OR_WHOLE = {"$ifNull": ["$gpu_instance", ""]}
 _AGG_OPERATORS = {"avg": "$avg", "min": "$min", "max": "$max", "last": "$last"}
 
 
@@ -176,18 +193,22 @@ class TelemetryReader:
     # Points
 
     def latest_metrics(self, uuid: str) -> MetricList:
-        """Each metric stored for a GPU with its newest value, in one aggregation."""
+        """Each metric stored for a GPU with its newest value, in one aggregation.
+
+        A GPU split into MIG instances has one series per metric and instance:
+        each gets its own entry, the whole GPU's first.
+        """
         pipeline: list[dict[str, Any]] = [
             {"$match": {"gpu_uuid": uuid}},
             {"$sort": {"timestamp": -1}},
             {
                 "$group": {
-                    "_id": "$metric_name",
+                    "_id": {"m": "$metric_name", "i": INSTANCE_OR_WHOLE},
                     "value": {"$first": "$value"},
                     "timestamp": {"$first": "$timestamp"},
                 }
             },
-            {"$sort": {"_id": 1}},
+            {"$sort": {"_id.m": 1, "_id.i": 1}},
         ]
         with translated_errors():
             rows = list(self._points.aggregate(pipeline, maxTimeMS=self.time_limit_ms))
@@ -195,7 +216,10 @@ class TelemetryReader:
             self.require_gpu(uuid)
         metrics = [
             LatestMetric(
-                metric_name=row["_id"], value=row["value"], timestamp=format_time(row["timestamp"])
+                metric_name=row["_id"]["m"],
+                gpu_instance=row["_id"]["i"] or None,
+                value=row["value"],
+                timestamp=format_time(row["timestamp"]),
             )
             for row in rows
         ]
@@ -205,7 +229,7 @@ class TelemetryReader:
         """One page of raw points, or of buckets when the query has a step."""
         digest = query.identity()
         key = decode_cursor(cursor, digest)
-        after = time_key(key) if key is not None else None
+        after = point_key(key) if key is not None else None
         if query.step is None:
             points = self._raw_page(query, after)
         else:
@@ -218,8 +242,8 @@ class TelemetryReader:
         points = points[: query.limit]
         next_cursor = None
         if more:
-            last = points[-1]
-            next_cursor = encode_cursor(digest, [last[0], last[1].metric_name])
+            millis, last = points[-1]
+            next_cursor = encode_cursor(digest, [millis, last.metric_name, last.gpu_instance or ""])
         return TelemetryPage(
             gpu_uuid=query.gpu_uuid,
             step=format_step(query.step) if query.step else None,
@@ -229,10 +253,12 @@ class TelemetryReader:
         )
 
     def _window_filter(self, query: TelemetryQuery, lower: datetime | None) -> dict[str, Any]:
-        """The GPU, the metrics and the inclusive window; ``lower`` raises the start to a cursor."""
+        """The query's filter, window ends included; ``lower`` raises the start to a cursor."""
         selector: dict[str, Any] = {"gpu_uuid": query.gpu_uuid}
         if query.metric_names:
             selector["metric_name"] = {"$in": list(query.metric_names)}
+        if query.gpu_instance is not None:
+            selector["gpu_instance"] = query.gpu_instance
         window: dict[str, datetime] = {}
         start = query.start
         if lower is not None and (start is None or lower > start):
@@ -250,20 +276,40 @@ class TelemetryReader:
         return selector
 
     def _raw_page(
-        self, query: TelemetryQuery, after: tuple[datetime, str] | None
+        self, query: TelemetryQuery, after: PointKey | None
     ) -> list[tuple[int, TelemetryPoint]]:
         selector: dict[str, Any] = self._window_filter(query, after[0] if after else None)
         if after is not None:
-            # Strictly after the cursor's key in (timestamp, metric_name) order.
+            # Strictly after the cursor's key in (timestamp, metric_name, gpu_instance)
+            # order. A whole-GPU point has no gpu_instance, which no $gt matches, and
+            # every instance id is $gt "": the whole GPU sorts first, as in the index.
             selector["$or"] = [
-                {"timestamp": {"$gt": after[0]}},
-                {"timestamp": after[0], "metric_name": {"$gt": after[1]}},
+                {"timestamp": {"$gt": after.timestamp}},
+                {"timestamp": after.timestamp, "metric_name": {"$gt": after.metric_name}},
+                {
+                    "timestamp": after.timestamp,
+                    "metric_name": after.metric_name,
+                    "gpu_instance": {"$gt": after.gpu_instance},
+                },
             ]
-        projection = {"_id": 0, "metric_name": 1, "value": 1, "timestamp": 1, "labels": 1}
+        projection = {
+            "_id": 0,
+            "metric_name": 1,
+            "gpu_instance": 1,
+            "value": 1,
+            "timestamp": 1,
+            "labels": 1,
+        }
         with translated_errors():
             documents = list(
                 self._points.find(selector, projection)
-                .sort([("timestamp", ASCENDING), ("metric_name", ASCENDING)])
+                .sort(
+                    [
+                        ("timestamp", ASCENDING),
+                        ("metric_name", ASCENDING),
+                        ("gpu_instance", ASCENDING),
+                    ]
+                )
                 .limit(query.limit + 1)
                 .max_time_ms(self.time_limit_ms)
             )
@@ -272,6 +318,7 @@ class TelemetryReader:
                 epoch_ms(document["timestamp"]),
                 TelemetryPoint(
                     metric_name=document["metric_name"],
+                    gpu_instance=document.get("gpu_instance"),
                     value=document["value"],
                     timestamp=format_time(document["timestamp"]),
                     labels=_string_labels(document.get("labels")),
@@ -281,7 +328,7 @@ class TelemetryReader:
         ]
 
     def _bucket_page(
-        self, query: TelemetryQuery, step: timedelta, after: tuple[datetime, str] | None
+        self, query: TelemetryQuery, step: timedelta, after: PointKey | None
     ) -> list[tuple[int, TelemetryPoint]]:
         pipeline = bucket_pipeline(self._window_filter(query, None), query, step, after)
         with translated_errors():
@@ -291,6 +338,7 @@ class TelemetryReader:
                 row["_id"]["b"],
                 TelemetryPoint(
                     metric_name=row["_id"]["m"],
+                    gpu_instance=row["_id"]["i"] or None,
                     value=row["v"],
                     timestamp=format_time(_from_epoch_ms(row["_id"]["b"])),
                     labels={},
@@ -305,16 +353,19 @@ def bucket_pipeline(
     selector: dict[str, Any],
     query: TelemetryQuery,
     step: timedelta,
-    after: tuple[datetime, str] | None,
+    after: PointKey | None,
 ) -> list[dict[str, Any]]:
-    """The aggregation that downsamples in the database: one row per metric per bucket.
+    """The aggregation that downsamples in the database: one row per series per bucket.
+
+    A series is a metric of the whole GPU or of one MIG instance: instances
+    are never summarised together.
 
     Buckets are ``[k * step, (k + 1) * step)`` in milliseconds since the Unix
     epoch, computed as ``t - t mod step`` on the stored time. That arithmetic
     (``$toLong``, ``$mod``, ``$subtract``) gives the same edges on MongoDB and
     on SecantusDB; ``$dateTrunc`` aligns odd bin sizes to 2000-01-01 instead,
     which would move buckets for steps such as 7s. Each row is
-    ``{_id: {m: metric, b: bucket start in ms}, v: value, n: count}``.
+    ``{_id: {m: metric, i: instance or "", b: bucket start in ms}, v: value, n: count}``.
     """
     step_ms = int(step.total_seconds() * 1000)
     assert query.agg is not None
@@ -334,25 +385,30 @@ def bucket_pipeline(
     pipeline.append(
         {
             "$group": {
-                "_id": {"m": "$metric_name", "b": bucket},
+                "_id": {"m": "$metric_name", "i": INSTANCE_OR_WHOLE, "b": bucket},
                 "v": {_AGG_OPERATORS[query.agg]: "$value"},
                 "n": {"$sum": 1},
             }
         }
     )
     if after is not None:
-        after_ms = epoch_ms(after[0])
+        after_ms = epoch_ms(after.timestamp)
         pipeline.append(
             {
                 "$match": {
                     "$or": [
                         {"_id.b": {"$gt": after_ms}},
-                        {"_id.b": after_ms, "_id.m": {"$gt": after[1]}},
+                        {"_id.b": after_ms, "_id.m": {"$gt": after.metric_name}},
+                        {
+                            "_id.b": after_ms,
+                            "_id.m": after.metric_name,
+                            "_id.i": {"$gt": after.gpu_instance},
+                        },
                     ]
                 }
             }
         )
-    pipeline.append({"$sort": {"_id.b": 1, "_id.m": 1}})
+    pipeline.append({"$sort": {"_id.b": 1, "_id.m": 1, "_id.i": 1}})
     pipeline.append({"$limit": query.limit + 1})
     return pipeline
 
@@ -377,8 +433,36 @@ def gpu_of(document: dict[str, Any]) -> Gpu:
         uuid=str(document["_id"]),
         first_seen=format_time(first_seen) if isinstance(first_seen, datetime) else None,
         last_seen=format_time(last_seen) if isinstance(last_seen, datetime) else None,
+        mig_instances=mig_instances_of(document.get(MIG_INSTANCES)),
         **fields,
     )
+
+
+def mig_instances_of(stored: Any) -> list[MigInstance]:
+    """A ``gpus`` document's ``mig_instances`` as the API lists them, by instance id."""
+    if not isinstance(stored, dict):
+        return []
+    instances = []
+    for key, entry in stored.items():
+        if not isinstance(entry, dict):
+            continue
+        profile = entry.get("profile")
+        first_seen = entry.get("first_seen")
+        last_seen = entry.get("last_seen")
+        instances.append(
+            MigInstance(
+                gpu_instance=instance_of_key(str(key)),
+                profile=profile if isinstance(profile, str) else None,
+                first_seen=format_time(first_seen) if isinstance(first_seen, datetime) else None,
+                last_seen=format_time(last_seen) if isinstance(last_seen, datetime) else None,
+            )
+        )
+    return sorted(instances, key=lambda instance: instance_order(instance.gpu_instance))
+
+
+def instance_order(instance: str) -> tuple[int, int, str]:
+    """Numeric ids (GPU_I_ID) in number order, then any others by text."""
+    return (0, int(instance), "") if instance.isdecimal() else (1, 0, instance)
 
 
 def not_found(uuid: str) -> ApiError:

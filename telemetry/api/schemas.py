@@ -14,6 +14,29 @@ EXAMPLE_HOST = "mtv5-dgx1-hgpu-031"
 EXAMPLE_MODEL = "NVIDIA H100 80GB HBM3"
 EXAMPLE_METRIC = "DCGM_FI_DEV_GPU_UTIL"
 EXAMPLE_TIME = "2025-07-18T20:42:34.000Z"
+EXAMPLE_INSTANCE = "13"
+
+
+class MigInstance(BaseModel):
+    """A MIG GPU instance the collector has stored points of."""
+
+    gpu_instance: str = Field(
+        description="The instance id (dcgm-exporter's GPU_I_ID).", examples=[EXAMPLE_INSTANCE]
+    )
+    profile: str | None = Field(
+        description="The instance's profile, e.g. 1g.5gb, when a producer sent it.",
+        examples=["1g.5gb"],
+    )
+    first_seen: str | None = Field(
+        description="Time of the instance's oldest stored point.", examples=[EXAMPLE_TIME]
+    )
+    last_seen: str | None = Field(
+        description=(
+            "Time of the instance's newest point, as the collector last recorded it; like the "
+            "GPU's, it may trail by up to GPU_LAST_SEEN_LAG_S seconds."
+        ),
+        examples=[EXAMPLE_TIME],
+    )
 
 
 class Gpu(BaseModel):
@@ -31,8 +54,11 @@ class Gpu(BaseModel):
                     "container": None,
                     "pod": None,
                     "namespace": None,
+                    "pci_bus_id": "00000000:3B:00.0",
+                    "driver_version": "535.129.03",
                     "first_seen": "2025-07-18T20:42:34.000Z",
                     "last_seen": "2025-07-18T21:42:33.000Z",
+                    "mig_instances": [],
                 }
             ]
         }
@@ -46,11 +72,19 @@ class Gpu(BaseModel):
     container: str | None = Field(description="Container using the GPU, if any.")
     pod: str | None = Field(description="Kubernetes pod using the GPU, if any.")
     namespace: str | None = Field(description="Kubernetes namespace of that pod, if any.")
+    pci_bus_id: str | None = Field(description="PCI bus id, e.g. 00000000:3B:00.0.")
+    driver_version: str | None = Field(description="NVIDIA driver version on the host.")
     first_seen: str | None = Field(description="Time of the GPU's oldest stored point.")
     last_seen: str | None = Field(
         description=(
             "Time of the GPU's newest point, as the collector last recorded it; it may trail "
             "the newest point by up to GPU_LAST_SEEN_LAG_S seconds."
+        )
+    )
+    mig_instances: list[MigInstance] = Field(
+        description=(
+            "The GPU's MIG instances that sent points, numeric ids in number order; empty for "
+            "a GPU that is not split (its points are the whole GPU's)."
         )
     )
 
@@ -70,6 +104,12 @@ class LatestMetric(BaseModel):
     """A metric stored for a GPU, with its newest value."""
 
     metric_name: str = Field(description="DCGM field name.", examples=[EXAMPLE_METRIC])
+    gpu_instance: str | None = Field(
+        default=None,
+        description="The MIG instance of this series; left out for the whole GPU.",
+        examples=[EXAMPLE_INSTANCE],
+        exclude_if=lambda value: value is None,
+    )
     value: float = Field(description="The newest stored value.", examples=[87.0])
     timestamp: str = Field(description="Time of that value.", examples=[EXAMPLE_TIME])
 
@@ -78,7 +118,12 @@ class MetricList(BaseModel):
     """The metrics stored for one GPU, by name."""
 
     gpu_uuid: str = Field(description="The GPU asked about.", examples=[EXAMPLE_UUID])
-    metrics: list[LatestMetric] = Field(description="One entry per metric, ordered by name.")
+    metrics: list[LatestMetric] = Field(
+        description=(
+            "One entry per metric and MIG instance, ordered by name, then instance; the whole "
+            "GPU's entry of a metric (no gpu_instance) comes first."
+        )
+    )
 
 
 class TelemetryPoint(BaseModel):
@@ -98,6 +143,11 @@ class TelemetryPoint(BaseModel):
     )
 
     metric_name: str = Field(description="DCGM field name.")
+    gpu_instance: str | None = Field(
+        default=None,
+        description="The MIG instance the point is of; left out for the whole GPU.",
+        exclude_if=lambda value: value is None,
+    )
     value: float = Field(description="The value; with `step`, the bucket's `agg` of values.")
     timestamp: str = Field(
         description=(
@@ -117,7 +167,7 @@ class TelemetryPoint(BaseModel):
 
 
 class TelemetryPage(BaseModel):
-    """One page of a GPU's points, ordered by timestamp, then metric_name."""
+    """One page of a GPU's points, ordered by timestamp, metric_name, then gpu_instance."""
 
     gpu_uuid: str = Field(description="The GPU asked about.", examples=[EXAMPLE_UUID])
     step: str | None = Field(

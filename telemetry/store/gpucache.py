@@ -7,7 +7,10 @@ span lies within ``lag_s`` of the ``last_seen`` written. So
 ``gpus.last_seen`` trails the newest point by at most ``lag_s`` seconds of
 point time; ``first_seen`` and the metadata are always exact. Entries are
 only remembered after a write succeeded, and are forgotten after ``ttl_s``,
-so a record lost on the server is written again.
+so a record lost on the server is written again. A GPU's MIG instances follow
+the same rule, each on its own: an instance not yet written, a profile that
+differs, or a time outside the instance's written span (with the same lag)
+needs a write.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from telemetry.store.mongo import GpuUpdate
+from telemetry.store.mongo import GpuUpdate, InstanceSpan
 
 
 @dataclass
@@ -28,6 +31,7 @@ class _Entry:
     first_seen: datetime
     last_seen: datetime
     written_at: float = field(default=0.0)
+    instances: dict[str, InstanceSpan] | None = None
 
 
 class GpuCache:
@@ -50,10 +54,25 @@ class GpuCache:
                 return True
             if not update.fields.items() <= entry.fields.items():  # a field new or changed
                 return True
-            return (
+            if (
                 update.first_seen < entry.first_seen
                 or update.last_seen > entry.last_seen + self._lag
-            )
+            ):
+                return True
+            return update.instances is not None and self._instances_change(entry, update.instances)
+
+    def _instances_change(self, entry: _Entry, instances: dict[str, InstanceSpan]) -> bool:
+        known = entry.instances or {}
+        for instance, seen in instances.items():
+            written = known.get(instance)
+            if (
+                written is None
+                or (seen.profile is not None and seen.profile != written.profile)
+                or seen.first_seen < written.first_seen
+                or seen.last_seen > written.last_seen + self._lag
+            ):
+                return True
+        return False
 
     def remember(self, update: GpuUpdate) -> None:
         """Record what a successful upsert wrote."""
@@ -66,3 +85,16 @@ class GpuCache:
             entry.first_seen = min(entry.first_seen, update.first_seen)
             entry.last_seen = max(entry.last_seen, update.last_seen)
             entry.written_at = self._clock()
+            if update.instances is not None:
+                if entry.instances is None:
+                    entry.instances = {}
+                for instance, seen in update.instances.items():
+                    written = entry.instances.get(instance)
+                    if written is None:
+                        # A copy: the update's spans are the batch's, not the cache's.
+                        entry.instances[instance] = InstanceSpan(
+                            seen.profile, seen.first_seen, seen.last_seen
+                        )
+                    else:
+                        written.widen(seen.profile, seen.first_seen)
+                        written.widen(None, seen.last_seen)

@@ -7,6 +7,7 @@ Every pymongo error is translated here into :class:`StorageUnavailable`
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,16 +39,21 @@ RAW_MESSAGE_MAX_CHARS = 16_384
 DUPLICATE_KEY = 11000
 
 # The index of the telemetry collection: equality on the GPU, then time, then
-# metric. It serves a GPU's time window, and the read API's pages in their
-# order (timestamp, metric_name): a page reads ``limit`` index entries in order
-# and stops, where (gpu_uuid, timestamp) alone would sort every point of a
-# range in memory to break ties by metric.
+# metric, then MIG instance. It serves a GPU's time window, and the read API's
+# pages in their order (timestamp, metric_name, gpu_instance): a page reads
+# ``limit`` index entries in order and stops, where a shorter prefix would sort
+# every point of a range in memory to break the remaining ties. A point of the
+# whole GPU has no gpu_instance, which the index holds as null: it sorts before
+# the instances of its (timestamp, metric_name).
 POINT_PAGE_INDEX: list[tuple[str, int]] = [
     ("gpu_uuid", ASCENDING),
     ("timestamp", ASCENDING),
     ("metric_name", ASCENDING),
+    ("gpu_instance", ASCENDING),
 ]
-POINT_PAGE_INDEX_NAME = "gpu_time_metric"
+POINT_PAGE_INDEX_NAME = "gpu_time_metric_instance"
+# Where a ``gpus`` document records its GPU's MIG instances, one subdocument each.
+MIG_INSTANCES = "mig_instances"
 
 InsertOutcome = Literal["stored", "duplicate"] | StorageRejected
 """What became of one document of a bulk insert; a refused document carries its error."""
@@ -75,17 +81,37 @@ class RejectedMessage:
         }
 
 
+@dataclass(slots=True)
+class InstanceSpan:
+    """A MIG instance as a batch saw it: its profile, when given, and its points' time span."""
+
+    profile: str | None
+    first_seen: datetime
+    last_seen: datetime
+
+    def widen(self, profile: str | None, stamp: datetime) -> None:
+        """Take in one more point of the instance; a later profile wins, none keeps the last."""
+        if profile is not None:
+            self.profile = profile
+        if stamp < self.first_seen:
+            self.first_seen = stamp
+        elif stamp > self.last_seen:
+            self.last_seen = stamp
+
+
 class GpuUpdate(NamedTuple):
     """One GPU upsert of a batch: the metadata to set and the span of point times seen.
 
     A named tuple: a batch makes one per GPU, and a frozen dataclass costs
-    twice as much to build (instruction counts).
+    twice as much to build (instruction counts). ``instances`` is None unless
+    a point of the batch came from a MIG instance of the GPU.
     """
 
     gpu_uuid: str
     fields: dict[str, Any]
     first_seen: datetime
     last_seen: datetime
+    instances: dict[str, InstanceSpan] | None = None
 
     @classmethod
     def merge(cls, points: Iterable[tuple[Point, GpuMetadata]]) -> list[GpuUpdate]:
@@ -95,35 +121,54 @@ class GpuUpdate(NamedTuple):
         both go through it. Later metadata wins field by field. A GPU's points
         mostly share one validated metadata object (``models.gpu_metadata``),
         so each distinct run of it is turned into fields once, not per point.
+        Points of MIG instances also gather, per instance, the latest profile
+        given and the span of the instance's point times; the profile never
+        becomes a field of the GPU, which has one per instance.
         """
         spans: dict[str, _Span] = {}
         for point, metadata in points:
             stamp = point.timestamp
             span = spans.get(point.gpu_uuid)
             if span is None:
-                spans[point.gpu_uuid] = _Span(stamp, stamp, [metadata])
-                continue
-            if stamp < span.first_seen:
-                span.first_seen = stamp
-            elif stamp > span.last_seen:
-                span.last_seen = stamp
-            if span.metadata[-1] is not metadata:
-                span.metadata.append(metadata)
+                span = spans[point.gpu_uuid] = _Span(stamp, stamp, [metadata])
+            else:
+                if stamp < span.first_seen:
+                    span.first_seen = stamp
+                elif stamp > span.last_seen:
+                    span.last_seen = stamp
+                if span.metadata[-1] is not metadata:
+                    span.metadata.append(metadata)
+            if point.gpu_instance is not None:
+                span.see_instance(point.gpu_instance, metadata.gpu_instance_profile, stamp)
         updates = []
         for gpu_uuid, span in spans.items():
             fields: dict[str, Any] = {}
             for metadata in span.metadata:
-                fields.update(metadata.known_items)
-            updates.append(cls(gpu_uuid, fields, span.first_seen, span.last_seen))
+                fields.update(metadata.gpu_items)
+            updates.append(cls(gpu_uuid, fields, span.first_seen, span.last_seen, span.instances))
         return updates
 
     def spec(self, now: datetime) -> dict[str, Any]:
-        """The upsert document: given fields set, ``first_seen``/``last_seen`` only widened."""
-        return {
+        """The upsert document: given fields set, ``first_seen``/``last_seen`` only widened.
+
+        Each MIG instance is a subdocument of ``mig_instances``, under
+        :func:`instance_key`, written through dotted paths so instances never
+        overwrite each other: its ``profile`` is set when given, and its own
+        ``first_seen``/``last_seen`` only widened, as the GPU's are.
+        """
+        spec: dict[str, Any] = {
             "$set": {**self.fields, "updated_at": now},
             "$min": {"first_seen": self.first_seen},
             "$max": {"last_seen": self.last_seen},
         }
+        if self.instances is not None:
+            for instance, seen in self.instances.items():
+                path = f"{MIG_INSTANCES}.{instance_key(instance)}"
+                if seen.profile is not None:
+                    spec["$set"][f"{path}.profile"] = seen.profile
+                spec["$min"][f"{path}.first_seen"] = seen.first_seen
+                spec["$max"][f"{path}.last_seen"] = seen.last_seen
+        return spec
 
 
 @dataclass(slots=True)
@@ -133,6 +178,33 @@ class _Span:
     first_seen: datetime
     last_seen: datetime
     metadata: list[GpuMetadata]
+    instances: dict[str, InstanceSpan] | None = None
+
+    def see_instance(self, instance: str, profile: str | None, stamp: datetime) -> None:
+        """Take in a point of one of the GPU's MIG instances."""
+        if self.instances is None:
+            self.instances = {}
+        seen = self.instances.get(instance)
+        if seen is None:
+            self.instances[instance] = InstanceSpan(profile, stamp, stamp)
+        else:
+            seen.widen(profile, stamp)
+
+
+# A MIG instance id is producer text; as a field name, "." would nest and a leading
+# "$" would read as an operator, so those (and "%", the escape itself) are escaped.
+_KEY_ESCAPES = str.maketrans({"%": "%25", ".": "%2E", "$": "%24", "\0": "%00"})
+_KEY_ESCAPED = re.compile("%(25|2E|24|00)")
+
+
+def instance_key(instance: str) -> str:
+    """The field name of a MIG instance id in ``gpus.mig_instances``; plain ids stay as given."""
+    return instance.translate(_KEY_ESCAPES)
+
+
+def instance_of_key(key: str) -> str:
+    """The MIG instance id :func:`instance_key` made ``key`` from."""
+    return _KEY_ESCAPED.sub(lambda found: chr(int(found[1], 16)), key) if "%" in key else key
 
 
 def is_transient(exc: PyMongoError) -> bool:
@@ -179,8 +251,9 @@ class MongoTelemetryStore:
             telemetry = self._db["telemetry"]
             # No unique index of our own: the point's key is its _id (see
             # point_document), which every collection indexes anyway.
-            # Deployments from before it keep their older (gpu_uuid, timestamp)
-            # index "gpu_time", a prefix of this one: it may be dropped.
+            # Deployments from before it keep their older indexes "gpu_time"
+            # (gpu_uuid, timestamp) and "gpu_time_metric" (gpu_uuid, timestamp,
+            # metric_name), prefixes of this one: they may be dropped.
             telemetry.create_index(POINT_PAGE_INDEX, name=POINT_PAGE_INDEX_NAME)
             if self._settings.retention_days > 0:
                 telemetry.create_index(
@@ -251,10 +324,17 @@ class MongoTelemetryStore:
 def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[str, Any]:
     """The ``telemetry`` document for one point.
 
-    The ``_id`` is the point's identity (GPU, metric, time), so a redelivered
-    message stores nothing twice. Keeping it in ``_id`` rather than in a
-    unique index of its own saves one index update per insert: about 1.5-2x
-    the insert rate on SecantusDB (docs/storage.md).
+    The ``_id`` is the point's identity (GPU, metric, time, and MIG instance
+    when there is one), so a redelivered message stores nothing twice. Keeping
+    it in ``_id`` rather than in a unique index of its own saves one index
+    update per insert: about 1.5-2x the insert rate on SecantusDB
+    (docs/storage.md).
+
+    A point of the whole GPU keeps the ``_id`` of the points stored before
+    MIG instances were known, ``{gpu_uuid, metric_name, timestamp}`` in that
+    order, so a redelivered old message is still a duplicate. A point of an
+    instance appends ``gpu_instance`` as the last key. Time-sliced copies of
+    one GPU (one per pod, no instance) thus share an ``_id`` and are stored once.
     """
     document: dict[str, Any] = {
         "_id": {
@@ -269,6 +349,16 @@ def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[s
         "hostname": metadata.hostname,
         "ingested_at": now,
     }
+    if point.gpu_instance is not None:
+        document["_id"] = {
+            "gpu_uuid": point.gpu_uuid,
+            "metric_name": point.metric_name,
+            "timestamp": point.timestamp,
+            "gpu_instance": point.gpu_instance,
+        }
+        document["gpu_instance"] = point.gpu_instance
+        if metadata.gpu_instance_profile is not None:
+            document["gpu_instance_profile"] = metadata.gpu_instance_profile
     labels = parse_labels(point.labels_raw) if point.labels_raw else {}
     if labels is None:
         # Unparseable labels are kept verbatim rather than dropped.

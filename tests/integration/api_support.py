@@ -53,10 +53,12 @@ def point_doc(
     value: float,
     hostname: str | None = "host-a",
     labels: dict[str, str] | None = None,
+    gpu_instance: str | None = None,
 ) -> dict[str, Any]:
-    """A ``telemetry`` document as the store writes it."""
-    return {
-        "_id": {"gpu_uuid": gpu_uuid, "metric_name": metric_name, "timestamp": timestamp},
+    """A ``telemetry`` document as the store writes it; a MIG instance's with ``gpu_instance``."""
+    key: dict[str, Any] = {"gpu_uuid": gpu_uuid, "metric_name": metric_name, "timestamp": timestamp}
+    document: dict[str, Any] = {
+        "_id": key,
         "gpu_uuid": gpu_uuid,
         "metric_name": metric_name,
         "value": float(value),
@@ -65,6 +67,10 @@ def point_doc(
         "ingested_at": datetime.now(UTC),
         "labels": labels if labels is not None else {"gpu": "0"},
     }
+    if gpu_instance is not None:
+        key["gpu_instance"] = gpu_instance
+        document["gpu_instance"] = gpu_instance
+    return document
 
 
 def gpu_doc(

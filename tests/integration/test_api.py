@@ -20,6 +20,9 @@ from pymongo.database import Database
 
 from telemetry.api import ApiServer, create_app
 from telemetry.api.params import format_time
+from telemetry.observe.stats import Stats
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker.ingest import Delivery, ingest
 from tests.integration.api_support import (
     BASE,
     REPO,
@@ -131,11 +134,15 @@ def test_gpu_list_pages_filters_and_shape(api: TestClient, database: Database[An
         "container",
         "pod",
         "namespace",
+        "pci_bus_id",
+        "driver_version",
         "first_seen",
         "last_seen",
+        "mig_instances",
     }
     assert gpu["first_seen"] == "2025-07-18T20:00:00.000Z"
     assert gpu["pod"] is None
+    assert gpu["mig_instances"] == []
 
     on_b = api.get("/api/v1/gpus", params={"hostname": "host-b"}).json()
     assert on_b["total"] == 3
@@ -249,6 +256,165 @@ def test_limit_bounds_a_page(api: TestClient, database: Database[Any]) -> None:
     assert exact["next_cursor"] is None, "a full last page must not promise another"
 
 
+# MIG instances
+
+
+def ingest_points(
+    mongo_server: Any,
+    database: Database[Any],
+    messages: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Messages through the worker's write path into this test's database."""
+    settings = api_settings(mongo_server.uri, database.name)
+    writer = MongoTelemetryStore(database, settings)
+    deliveries = [
+        Delivery(f"m-{index}", (), {"point": point, "metadata": metadata})
+        for index, (point, metadata) in enumerate(messages)
+    ]
+    outcomes = ingest(writer, Stats(), deliveries)
+    assert {outcome.kind for outcome in outcomes} == {"stored"}, outcomes
+
+
+def test_mig_instances_are_filtered_shown_and_listed(
+    api: TestClient, mongo_server: Any, database: Database[Any]
+) -> None:
+    # given: a GPU's whole-GPU series and two MIG instances', through the worker's write path
+    metadata = {"hostname": "host-a", "pci_bus_id": "00000000:3B:00.0", "driver_version": "535"}
+    profiles = {"1": "1g.10gb", "2": "3g.40gb"}
+    messages = []
+    for second in range(4):
+        for instance in (None, "1", "2"):
+            point: dict[str, Any] = {
+                "gpu_uuid": GPU,
+                "metric_name": METRICS[0],
+                "value": second * 10 + int(instance or 0),
+                "timestamp": iso(second),
+            }
+            extra = {}
+            if instance is not None:
+                point["gpu_instance"] = instance
+                extra["gpu_instance_profile"] = profiles[instance]
+            messages.append((point, {**metadata, **extra}))
+    ingest_points(mongo_server, database, messages)
+
+    # then: the GPU lists its instances, each with its profile and span
+    gpu = api.get(f"/api/v1/gpus/{GPU}").json()
+    assert (gpu["pci_bus_id"], gpu["driver_version"]) == ("00000000:3B:00.0", "535")
+    assert gpu["mig_instances"] == [
+        {"gpu_instance": "1", "profile": "1g.10gb", "first_seen": iso(0), "last_seen": iso(3)},
+        {"gpu_instance": "2", "profile": "3g.40gb", "first_seen": iso(0), "last_seen": iso(3)},
+    ]
+    # the latest value of each (metric, instance), none overwriting another
+    latest = api.get(f"/api/v1/gpus/{GPU}/metrics").json()["metrics"]
+    assert latest == [
+        {"metric_name": METRICS[0], "value": 30.0, "timestamp": iso(3)},
+        {"metric_name": METRICS[0], "gpu_instance": "1", "value": 31.0, "timestamp": iso(3)},
+        {"metric_name": METRICS[0], "gpu_instance": "2", "value": 32.0, "timestamp": iso(3)},
+    ]
+    # every point, the whole GPU's first at each time, each instance's marked
+    body = telemetry(api)
+    assert [(p["timestamp"], p.get("gpu_instance"), p["value"]) for p in body["points"]] == [
+        (iso(second), instance, second * 10 + int(instance or 0))
+        for second in range(4)
+        for instance in (None, "1", "2")
+    ]
+    assert set(body["points"][0]) == {"metric_name", "value", "timestamp", "labels"}
+    # one instance only
+    two = telemetry(api, instance="2")
+    assert [(p["gpu_instance"], p["value"]) for p in two["points"]] == [
+        ("2", second * 10 + 2.0) for second in range(4)
+    ]
+    assert telemetry(api, instance="9")["points"] == []
+    # downsampling never mixes instances, and filters by one too
+    params = {"start_time": iso(0), "end_time": iso(3), "step": "1m", "agg": "max"}
+    buckets = telemetry(api, **params)["points"]
+    assert [(p.get("gpu_instance"), p["value"], p["count"]) for p in buckets] == [
+        (None, 30.0, 4),
+        ("1", 31.0, 4),
+        ("2", 32.0, 4),
+    ]
+    one = telemetry(api, instance="1", **params)["points"]
+    assert [(p["gpu_instance"], p["value"]) for p in one] == [("1", 31.0)]
+    # a cursor continues only a query of the same instance
+    cursor = telemetry(api, instance="1", limit=1)["next_cursor"]
+    other = api.get(
+        f"/api/v1/gpus/{GPU}/telemetry", params={"instance": "2", "limit": 1, "cursor": cursor}
+    )
+    assert other.json()["error"] == "invalid_cursor"
+
+
+def test_pages_split_inside_one_time_and_metric_neither_skip_nor_repeat(
+    api: TestClient, database: Database[Any]
+) -> None:
+    """Instances share (timestamp, metric_name): the cursor also holds the instance."""
+    # given: the whole GPU and five instances ("10" sorts between "1" and "2" as text)
+    instances = (None, "1", "10", "2", "3", "7")
+    store(
+        database,
+        [
+            point_doc(GPU, metric, t(second), second, gpu_instance=instance)
+            for second in range(10)
+            for metric in METRICS[:2]
+            for instance in instances
+        ],
+    )
+    expected = sorted(
+        (iso(second), metric, instance or "")
+        for second in range(10)
+        for metric in METRICS[:2]
+        for instance in instances
+    )
+    # when: pages whose sizes do not divide a (timestamp, metric_name) run of six
+    for limit in (1, 4, 5, 7, 11):
+        got = all_pages(api, f"/api/v1/gpus/{GPU}/telemetry", "points", limit=limit)
+        keys = [(p["timestamp"], p["metric_name"], p.get("gpu_instance", "")) for p in got]
+        # then
+        assert keys == expected, limit
+    # the same with downsampled buckets, one per (metric, instance) per bucket
+    params = {"start_time": iso(0), "end_time": iso(9), "step": "5s", "agg": "last"}
+    buckets = all_pages(api, f"/api/v1/gpus/{GPU}/telemetry", "points", limit=4, **params)
+    keys = [(p["timestamp"], p["metric_name"], p.get("gpu_instance", "")) for p in buckets]
+    assert keys == sorted(
+        (iso(start), metric, instance or "")
+        for start in (0, 5)
+        for metric in METRICS[:2]
+        for instance in instances
+    )
+    assert {p["count"] for p in buckets} == {5}
+
+
+def test_an_instance_arriving_at_the_cursor_time_after_it_is_not_skipped(
+    api: TestClient, database: Database[Any]
+) -> None:
+    # given: two instances of one metric at each of three times
+    store(
+        database,
+        [point_doc(GPU, METRICS[0], t(k), k, gpu_instance=i) for k in range(3) for i in "13"],
+    )
+    first = telemetry(api, limit=3)
+    assert [(p["timestamp"], p["gpu_instance"]) for p in first["points"]] == [
+        (iso(0), "1"),
+        (iso(0), "3"),
+        (iso(1), "1"),
+    ]
+    # when: at the page's last (time, metric), an instance sorting after it and one before
+    store(
+        database,
+        [
+            point_doc(GPU, METRICS[0], t(1), 9.0, gpu_instance="2"),
+            point_doc(GPU, METRICS[0], t(1), 9.0, gpu_instance="0"),
+        ],
+    )
+    rest = telemetry(api, cursor=first["next_cursor"])
+    # then: the one after the cursor is on the next page; the one behind it is not
+    assert [(p["timestamp"], p["gpu_instance"]) for p in rest["points"]] == [
+        (iso(1), "2"),
+        (iso(1), "3"),
+        (iso(2), "1"),
+        (iso(2), "3"),
+    ]
+
+
 # Downsampling
 
 
@@ -346,6 +512,8 @@ BAD_TELEMETRY = [
     ({"cursor": "not-a-cursor"}, "invalid_cursor"),
     ({"start": iso(0)}, "unknown_parameter"),
     ({"metric_name": ""}, "invalid_parameter"),
+    ({"instance": " "}, "invalid_parameter"),
+    ({"instance": "1" * 65}, "invalid_parameter"),
 ]
 
 

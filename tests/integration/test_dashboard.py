@@ -41,6 +41,9 @@ CHROMIUM_ARGS = [
 DOCS = REPO / "docs"
 STALE_HOSTS = ("mtv5-dgx1-hgpu-030", "mtv5-dgx1-hgpu-031", "mtv5-dgx1-hgpu-032")
 LIVE_MINUTES = 45
+# The GPU with history also has one MIG instance, reporting one metric: one chart more.
+MIG_INSTANCE = "1"
+CHARTS = 11
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,30 @@ def fleet_with_history(database: Database[Any], now: datetime) -> tuple[str, int
             # Around the sample's own value, so the chart looks like that metric.
             level = value * (0.7 + 0.3 * wave) if value else 100 * wave
             history.append(point_doc(gpu["_id"], metric, moment, round(level, 2), gpu["hostname"]))
+            if index == 0:
+                history.append(
+                    point_doc(
+                        gpu["_id"],
+                        metric,
+                        moment,
+                        round(level / 2, 2),
+                        gpu["hostname"],
+                        gpu_instance=MIG_INSTANCE,
+                    )
+                )
     store(database, history)
+    database["gpus"].update_one(
+        {"_id": gpu["_id"]},
+        {
+            "$set": {
+                f"mig_instances.{MIG_INSTANCE}": {
+                    "profile": "1g.10gb",
+                    "first_seen": now - timedelta(minutes=LIVE_MINUTES),
+                    "last_seen": now - timedelta(seconds=30),
+                }
+            }
+        },
+    )
     return str(gpu["_id"]), len(gpus), stale
 
 
@@ -116,14 +142,19 @@ def test_fleet_and_gpu_views_show_the_data(
         assert page.locator('section[data-host="mtv5-dgx1-hgpu-001"] tr.stale').count() == 0
         live_badges = page.locator('section[data-host="mtv5-dgx1-hgpu-001"] .badge.live')
         assert live_badges.count() > 0
+        assert page.inner_text(f'tr[data-uuid="{uuid}"] .mig') == "1 MIG"
         page.screenshot(path=str(DOCS / "dashboard-fleet.png"))
 
-        # GPU view, reached by its link: one chart per metric, each with a drawn series.
+        # GPU view, reached by its link: one chart per metric (and MIG instance), each with
+        # a drawn series.
         page.click(f'a[href="#/gpu/{uuid}"]')
         page.wait_for_selector(f'body[data-loaded="{uuid}"]', timeout=30_000)
         assert page.get_attribute('button[data-preset="1h"]', "aria-pressed") == "true"
         charts = page.locator("svg.chart")
-        assert charts.count() == 10
+        assert charts.count() == CHARTS
+        instance_card = page.locator(f'section.chart-card[data-instance="{MIG_INSTANCE}"]')
+        assert instance_card.locator(".mig").inner_text() == f"MIG {MIG_INSTANCE}"
+        assert "1 (1g.10gb)" in page.inner_text(".meta")
         for index in range(charts.count()):
             chart = charts.nth(index)
             points = int(chart.get_attribute("data-points") or 0)
@@ -137,7 +168,7 @@ def test_fleet_and_gpu_views_show_the_data(
         page.click('button[data-preset="All data"]')
         # (wait_for_function would evaluate a string: the page's CSP rightly forbids that.)
         page.wait_for_selector('button[data-preset="All data"][aria-pressed="true"]')
-        assert page.locator("svg.chart path.series").count() == 10
+        assert page.locator("svg.chart path.series").count() == CHARTS
 
         assert errors == [], errors
         assert outside == [], f"the dashboard fetched from elsewhere: {outside}"

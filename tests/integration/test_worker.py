@@ -31,7 +31,9 @@ def test_points_are_ingested_end_to_end_with_matching_statistics(
     # then
     assert database["gpus"].count_documents({}) == 12
     assert database["gpus"].count_documents({"hostname": "node-1", "model_name": "H100"}) == 12
-    assert {index["name"] for index in database["telemetry"].list_indexes()} >= {"gpu_time_metric"}
+    assert {index["name"] for index in database["telemetry"].list_indexes()} >= {
+        "gpu_time_metric_instance"
+    }
     first = database["telemetry"].find_one({}, sort=[("timestamp", 1)])
     assert first is not None
     assert first["_id"] == {

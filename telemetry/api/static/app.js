@@ -156,7 +156,7 @@ function hostCard(host, gpus, staleMs) {
       el("td", {}, gpu.gpu_index ?? "–"),
       el("td", { class: "uuid mono", title: gpu.uuid },
         el("a", { href: `#/gpu/${encodeURIComponent(gpu.uuid)}` }, gpu.uuid)),
-      el("td", {}, gpu.model_name || "–"),
+      el("td", {}, gpu.model_name || "–", ...migNote(gpu)),
       el("td", { title: gpu.last_seen || "" }, Number.isFinite(seen) ? ago(seen) : "never"),
       el("td", {}, el("span", { class: `badge ${isStale ? "stale" : "live"}` },
         isStale ? "stale" : "live")));
@@ -171,7 +171,24 @@ function hostCard(host, gpus, staleMs) {
       el("tbody", {}, ...rows)));
 }
 
-// GPU view: one chart per metric over the chosen window, downsampled by the API.
+// A GPU split into MIG instances says so next to its model.
+function migNote(gpu) {
+  const count = (gpu.mig_instances || []).length;
+  return count ? [" ", el("span", { class: "mig", title: instanceList(gpu) }, `${count} MIG`)] : [];
+}
+
+// "1 (1g.10gb), 2 (3g.40gb)": the GPU's MIG instances with their profiles.
+function instanceList(gpu) {
+  return (gpu.mig_instances || []).map((instance) =>
+    instance.profile ? `${instance.gpu_instance} (${instance.profile})` : instance.gpu_instance)
+    .join(", ");
+}
+
+// GPU view: one chart per metric over the chosen window, downsampled by the API. A GPU
+// split into MIG instances has a series per metric and instance, so a chart for each.
+
+// One series' key: a metric, and its MIG instance ("" for the whole GPU, which comes first).
+const seriesKey = (item) => JSON.stringify([item.metric_name, item.gpu_instance || ""]);
 
 function chooseStep(windowMs) {
   const wanted = windowMs / 1000 / TARGET_BUCKETS;
@@ -209,21 +226,30 @@ async function gpuView(uuid) {
     ["step", `${step}s`], ["agg", state.agg], ["limit", "10000"],
   ];
   const points = metrics.length ? await allPages(`${path}/telemetry`, params, "points") : [];
-  const series = new Map(metrics.map((metric) => [metric.metric_name, []]));
+  const series = new Map(metrics.map((metric) => [seriesKey(metric), []]));
   for (const point of points) {
-    if (!series.has(point.metric_name)) series.set(point.metric_name, []);
-    series.get(point.metric_name).push([ms(point.timestamp), point.value]);
+    const key = seriesKey(point);
+    if (!series.has(key)) series.set(key, []);
+    series.get(key).push([ms(point.timestamp), point.value]);
   }
-  const latest = new Map(metrics.map((metric) => [metric.metric_name, metric]));
-  const cards = [...series.keys()].sort().map((name) =>
-    chartCard(name, series.get(name), latest.get(name), start, end, step * 1000));
+  const latest = new Map(metrics.map((metric) => [seriesKey(metric), metric]));
+  const byName = (a, b) => {
+    const [nameA, instanceA] = JSON.parse(a), [nameB, instanceB] = JSON.parse(b);
+    return nameA.localeCompare(nameB) ||
+      instanceA.localeCompare(instanceB, undefined, { numeric: true });
+  };
+  const cards = [...series.keys()].sort(byName).map((key) => {
+    const [name, instance] = JSON.parse(key);
+    return chartCard(name, instance, series.get(key), latest.get(key), start, end, step * 1000);
+  });
   show(
     el("p", {}, el("a", { href: "#/" }, "← Fleet")),
     el("h1", { class: "mono" }, gpu.uuid),
     el("div", { class: "meta" },
       ...[["Host", gpu.hostname], ["Index", gpu.gpu_index], ["Device", gpu.device],
-        ["Model", gpu.model_name], ["Pod", gpu.pod], ["First seen", gpu.first_seen],
-        ["Last seen", gpu.last_seen]]
+        ["Model", gpu.model_name], ["Pod", gpu.pod], ["PCI bus", gpu.pci_bus_id],
+        ["Driver", gpu.driver_version], ["MIG instances", instanceList(gpu) || null],
+        ["First seen", gpu.first_seen], ["Last seen", gpu.last_seen]]
         .filter(([, value]) => value !== null && value !== undefined)
         .map(([name, value]) => el("span", {}, `${name} `, el("b", {}, value)))),
     controls(),
@@ -249,12 +275,23 @@ function controls() {
   return el("div", { class: "controls" }, presets, el("label", {}, "Aggregation ", agg));
 }
 
-function chartCard(name, points, latest, start, end, stepMs) {
-  return el("section", { class: "chart-card", "data-metric": name },
-    el("header", {}, el("h2", { class: "mono" }, name),
+function chartCard(name, instance, points, latest, start, end, stepMs) {
+  const title = instance ? `${name} · MIG ${instance}` : name;
+  return el("section", { class: "chart-card", "data-metric": name,
+    "data-instance": instance || null },
+    el("header", {}, el("h2", { class: "mono" }, name,
+      ...(instance ? [" ", el("span", { class: "mig" }, `MIG ${instance}`)] : [])),
       el("span", { class: "latest", title: latest ? latest.timestamp : "" },
         latest ? `latest ${formatValue(latest.value)}` : "")),
-    chart(name, points, start, end, stepMs));
+    seriesChart(name, instance, title, points, start, end, stepMs));
+}
+
+// A chart labelled with its metric and MIG instance, so tests and tools can find it.
+function seriesChart(name, instance, title, points, start, end, stepMs) {
+  const drawn = chart(title, points, start, end, stepMs);
+  drawn.setAttribute("data-metric", name);
+  if (instance) drawn.setAttribute("data-instance", instance);
+  return drawn;
 }
 
 // A line chart of [millis, value] pairs over [start, end]; gaps longer than two buckets
