@@ -6,7 +6,6 @@ so it can be tested and reused without a broker or a worker.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -14,14 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
-from kombu.exceptions import OperationalError
-
-from telemetry.broker.connect import failover_connection
+from telemetry.broker.backlog import Backpressure, QueueBacklog, open_publisher
 from telemetry.broker.messages import TaskMessage, build_task_message
-from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import Topology
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
 from telemetry.errors import ConfigError, CsvFormatError
@@ -132,9 +127,13 @@ class Streamer:
         self._publisher = publisher
         self._build = build
         self._options = options
-        self._backlog = backlog
         self._progress = progress
         self._stop = stop or threading.Event()
+        self._backpressure = (
+            None
+            if backlog is None
+            else Backpressure(backlog, options.max_backlog, self._stop, sleep)
+        )
         self._sleep = sleep
         self._clock = clock
         self.report = StreamReport()
@@ -162,10 +161,11 @@ class Streamer:
             self._publisher.send(self._build(item, stamp))
             report.rows_sent += 1
             if (
-                self._backlog is not None
+                self._backpressure is not None
                 and report.rows_sent % self._options.backlog_check_every == 0
             ):
-                self._wait_for_backlog()
+                self._backpressure.wait()
+                report.backpressure_pauses = self._backpressure.pauses
             now = self._clock()
             report.elapsed_s = now - started
             report.confirmed = self._publisher.confirmed
@@ -197,23 +197,6 @@ class Streamer:
         # Never bank more than one gap of credit after a stall.
         return max(next_due, self._clock() - gap) + gap
 
-    def _wait_for_backlog(self) -> None:
-        assert self._backlog is not None
-        pause = 0.1
-        while not self._stop.is_set():
-            depth = self._backlog()
-            if depth <= self._options.max_backlog:
-                return
-            self.report.backpressure_pauses += 1
-            logger.warning(
-                "Queue backlog %d is over %d; pausing %.1fs",
-                depth,
-                self._options.max_backlog,
-                pause,
-            )
-            self._sleep(pause)
-            pause = min(pause * 2, 5.0)
-
 
 def options_from(
     settings: Settings,
@@ -240,42 +223,6 @@ def options_from(
     )
 
 
-class QueueBacklog:
-    """Reads how many messages wait in a queue, on a connection of its own.
-
-    A broker that cannot be asked right now (it is restarting, say) reads as
-    no backlog: the publisher is already retrying, and backpressure is advisory.
-    """
-
-    def __init__(self, broker_url: str, queue_name: str) -> None:
-        self._connection = failover_connection(broker_url)
-        self._queue_name = queue_name
-        self._channel: Any = None
-
-    def __call__(self) -> int:
-        errors = (
-            OperationalError,
-            OSError,
-            *self._connection.recoverable_connection_errors,
-            *self._connection.recoverable_channel_errors,
-        )
-        try:
-            if self._channel is None:
-                self._channel = self._connection.channel()
-            return int(self._channel.queue_declare(self._queue_name, passive=True).message_count)
-        except errors as exc:
-            logger.warning("Could not read the queue backlog (%s); carrying on", exc)
-            self.close()
-            self._connection = self._connection.clone()
-            return 0
-
-    def close(self) -> None:
-        """Release the connection."""
-        self._channel = None
-        with contextlib.suppress(OSError, OperationalError):
-            self._connection.release()
-
-
 def run_stream(
     settings: Settings,
     options: StreamOptions,
@@ -294,14 +241,7 @@ def run_stream(
         if total is not None and options.limit is not None:
             total = min(total, options.limit)
         progress = ProgressBar(total, "streaming")
-    publisher = ConfirmingPublisher(
-        failover_connection(settings.broker_url),
-        Topology.of(settings),
-        compression=compression,
-        connect_retries=10,
-    )
-    # A broker that is down at start is an error at once; one lost later is retried.
-    publisher.open(retries=1)
+    publisher = open_publisher(settings, compression)
     backlog = QueueBacklog(settings.broker_url, settings.queue_name)
     try:
         streamer = Streamer(
