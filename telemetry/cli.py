@@ -88,7 +88,8 @@ def settings_or_exit(overrides: dict[str, Any] | None = None) -> Settings:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 def main(verbose: bool) -> None:
-    """GPU telemetry: stream DCGM CSV to the collector, or run the whole pipeline."""
+    """GPU telemetry: stream DCGM CSV or scrape dcgm-exporter into the collector, or run the
+    whole pipeline."""
     # Until the settings are read: the host name (INSTANCE_ID's default) and LOG_FORMAT=auto.
     setup_logging(socket.gethostname(), "auto", verbose)
 
@@ -196,6 +197,154 @@ def stream(
     sys.exit(0 if report.confirmed == report.rows_sent else 1)
 
 
+# The scrape command's flags for settings: settings field -> click parameter name.
+# A test checks they are exactly the settings declared for "scrape", under their flag names.
+SCRAPE_FLAGS = {
+    "scrape_targets_file": "targets_file",
+    "scrape_interval_s": "interval",
+    "scrape_timeout_s": "timeout",
+    "scrape_concurrency": "concurrency",
+    "scrape_max_body_bytes": "max_body_bytes",
+    "scrape_frozen_after": "frozen_after",
+    "scrape_honor_timestamps": "honor_timestamps",
+    "scrape_shard": "shard",
+    "scraper_port": "metrics_port",
+    "instance_id": "instance_id",
+    "queue_type": "queue_type",
+}
+
+
+@main.command()
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="URL",
+    help="An endpoint to scrape: host:port or a URL (repeatable).",
+)
+@click.option(
+    flag_name("scrape_targets_file"),
+    "targets_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=flag_help("scrape_targets_file"),
+)
+@click.option(
+    flag_name("scrape_interval_s"),
+    "interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=flag_help("scrape_interval_s"),
+)
+@click.option(
+    flag_name("scrape_timeout_s"),
+    "timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help=flag_help("scrape_timeout_s"),
+)
+@click.option(
+    flag_name("scrape_concurrency"),
+    "concurrency",
+    type=click.IntRange(min=1, max=1024),
+    default=None,
+    help=flag_help("scrape_concurrency"),
+)
+@click.option(
+    flag_name("scrape_max_body_bytes"),
+    "max_body_bytes",
+    type=click.IntRange(min=1024),
+    default=None,
+    help=flag_help("scrape_max_body_bytes"),
+)
+@click.option(
+    flag_name("scrape_frozen_after"),
+    "frozen_after",
+    type=click.IntRange(min=2),
+    default=None,
+    help=flag_help("scrape_frozen_after"),
+)
+@click.option(
+    f"{flag_name('scrape_honor_timestamps')}/--no-honor-timestamps",
+    "honor_timestamps",
+    default=None,
+    help=flag_help("scrape_honor_timestamps"),
+)
+@click.option(flag_name("scrape_shard"), "shard", default=None, help=flag_help("scrape_shard"))
+@click.option(
+    flag_name("scraper_port"),
+    "metrics_port",
+    type=click.IntRange(0, 65_535),
+    default=None,
+    help=flag_help("scraper_port"),
+)
+@click.option(
+    "--scrapes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N rounds (default: until SIGINT or SIGTERM).",
+)
+@click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))
+@click.option(
+    flag_name("queue_type"),
+    type=click.Choice(["quorum", "classic"]),
+    default=None,
+    help=flag_help("queue_type"),
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["gzip", "zlib", "bzip2"]),
+    default=None,
+    help="Compress message bodies (workers decode them on their own).",
+)
+def scrape(
+    targets: tuple[str, ...],
+    targets_file: Path | None,
+    interval: float | None,
+    timeout: float | None,
+    concurrency: int | None,
+    max_body_bytes: int | None,
+    frozen_after: int | None,
+    honor_timestamps: bool | None,
+    shard: str | None,
+    metrics_port: int | None,
+    scrapes: int | None,
+    instance_id: str | None,
+    queue_type: str | None,
+    compression: str | None,
+) -> None:
+    """Scrape dcgm-exporter endpoints; send each sample as one telemetry.ingest task.
+
+    Exits 0 when the rounds ran, even if some targets were down (the summary
+    says which failed and why); 1 when the broker cannot be used; 2 for bad
+    flags or a bad targets file.
+    """
+    from telemetry.scraper.service import options_from, run_scrape
+
+    flags: dict[str, object] = {
+        "targets_file": targets_file,
+        "interval": interval,
+        "timeout": timeout,
+        "concurrency": concurrency,
+        "max_body_bytes": max_body_bytes,
+        "frozen_after": frozen_after,
+        "honor_timestamps": honor_timestamps,
+        "shard": shard,
+        "metrics_port": metrics_port,
+        "instance_id": instance_id,
+        "queue_type": queue_type,
+    }
+    settings = settings_or_exit({field: flags[flag] for field, flag in SCRAPE_FLAGS.items()})
+    try:
+        options = options_from(settings, targets, scrapes)
+        report = run_scrape(settings, options, stop_on_signals(), compression)
+    except PermanentError as exc:
+        fail(str(exc), 2)
+    except (TelemetryError, OSError) as exc:
+        fail(str(exc), 1)
+    sys.exit(0 if report.confirmed == report.published else 1)
+
+
 @main.command()
 @click.option(
     "--csv",
@@ -231,6 +380,19 @@ def stream(
     help="Keep the read API and dashboard running after the stream, until Ctrl-C.",
 )
 @click.option(
+    "--scrape",
+    "scrape_exporters",
+    is_flag=True,
+    help="Feed the pipeline by scraping three local stand-in dcgm-exporters instead of the CSV.",
+)
+@click.option(
+    "--scrapes",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="With --scrape: rounds to scrape, 2 seconds apart.",
+)
+@click.option(
     "--stall-timeout",
     type=click.FloatRange(min=1),
     default=30.0,
@@ -244,18 +406,27 @@ def demo(
     progress: bool | None,
     timestamps: str,
     serve: bool,
+    scrape_exporters: bool,
+    scrapes: int,
     stall_timeout: float,
 ) -> None:
     """Run the whole pipeline on one machine, with no servers needed.
 
     Starts an embedded MongoDB-compatible server and an in-process broker and
     worker (or uses CELERY_BROKER_URL / MONGODB_URI when set), streams the
-    CSV, and shows what was stored. Exits 0 only if every valid row was stored.
+    CSV (or, with --scrape, scrapes local stand-in exporters), and shows what
+    was stored. Exits 0 only if every valid point was stored.
     """
     from telemetry.demo.run import run_demo
+    from telemetry.demo.scrape import run_scrape_demo
 
     settings = settings_or_exit()
     try:
+        if scrape_exporters:
+            ok = run_scrape_demo(
+                settings, data_dir, scrapes, progress, stop_on_signals(), stall_timeout, serve
+            )
+            sys.exit(0 if ok else 1)
         ok = run_demo(
             settings,
             csv_path,

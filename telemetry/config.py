@@ -40,7 +40,7 @@ from pymongo.uri_parser import parse_uri
 from telemetry.errors import ConfigError
 
 LogFormat = Literal["auto", "json", "text"]
-Command = Literal["worker", "stream", "demo", "api"]
+Command = Literal["worker", "stream", "scrape", "demo", "api"]
 QueueType = Literal["classic", "quorum"]
 TaskEvents = Literal["all", "failures", "off"]
 
@@ -85,7 +85,7 @@ class Settings(BaseModel):
         env="INSTANCE_ID",
         help="Collector instance name, in logs and statistics; the worker's node name is "
         "telemetry@<id>. Default: the host name.",
-        flags=("worker", "stream"),
+        flags=("worker", "stream", "scrape"),
         default_factory=socket.gethostname,
         min_length=1,
     )
@@ -149,7 +149,7 @@ class Settings(BaseModel):
         env="QUEUE_TYPE",
         help="quorum (replicated on a cluster, with a delivery limit) or classic. Every worker "
         "and producer of a queue must agree; docs/scaling.md says how to change it.",
-        flags=("worker", "stream"),
+        flags=("worker", "stream", "scrape"),
     )
     delivery_limit: int = setting(
         5,
@@ -256,6 +256,82 @@ class Settings(BaseModel):
         flag="--max-backlog",
         ge=1,
     )
+    # -- the scraper ---------------------------------------------------------------
+    scrape_targets_file: Path | None = setting(
+        None,
+        env="SCRAPE_TARGETS_FILE",
+        help="Targets of `telemetry scrape` in Prometheus file_sd format (JSON or YAML); "
+        "re-read when it changes.",
+        flags=("scrape",),
+        flag="--targets-file",
+    )
+    scrape_interval_s: float = setting(
+        15.0,
+        env="SCRAPE_INTERVAL_S",
+        help="Seconds between two scrapes of one target.",
+        flags=("scrape",),
+        flag="--interval",
+        gt=0,
+    )
+    scrape_timeout_s: float = setting(
+        10.0,
+        env="SCRAPE_TIMEOUT_S",
+        help="Most seconds one scrape may take, body included; less than the interval.",
+        flags=("scrape",),
+        flag="--timeout",
+        gt=0,
+    )
+    scrape_concurrency: int = setting(
+        16,
+        env="SCRAPE_CONCURRENCY",
+        help="Most scrapes in flight at once.",
+        flags=("scrape",),
+        flag="--concurrency",
+        ge=1,
+        le=1024,
+    )
+    scrape_max_body_bytes: int = setting(
+        10 * 1024 * 1024,
+        env="SCRAPE_MAX_BODY_BYTES",
+        help="A target whose body is larger than this fails its scrape.",
+        flags=("scrape",),
+        flag="--max-body-bytes",
+        ge=1024,
+    )
+    scrape_frozen_after: int = setting(
+        4,
+        env="SCRAPE_FROZEN_AFTER",
+        help="A target whose payload has not changed for this many scrapes is flagged frozen.",
+        flags=("scrape",),
+        flag="--frozen-after",
+        ge=2,
+    )
+    scrape_honor_timestamps: bool = setting(
+        True,
+        env="SCRAPE_HONOR_TIMESTAMPS",
+        help="A sample that carries its own timestamp keeps it; otherwise every point of a "
+        "scrape gets the scrape's start time (true or false).",
+        flags=("scrape",),
+        flag="--honor-timestamps",
+    )
+    scrape_shard: str | None = setting(
+        None,
+        env="SCRAPE_SHARD",
+        help="i/N: scrape only the targets whose stable hash falls in shard i of N, so N "
+        "scrapers split one targets file without overlap.",
+        flags=("scrape",),
+        flag="--shard",
+        pattern=r"^\d+/\d+$",
+    )
+    scraper_port: int = setting(
+        9843,
+        env="SCRAPER_PORT",
+        help="Port of the scraper's /metrics and /healthz; 0 turns them off.",
+        flags=("scrape",),
+        flag="--metrics-port",
+        ge=0,
+        le=65_535,
+    )
     # -- the read API --------------------------------------------------------------
     api_host: str = setting(
         "127.0.0.1",
@@ -306,6 +382,15 @@ class Settings(BaseModel):
             parse_uri(value)
         except (InvalidURI, ConfigurationError, ValueError) as exc:
             raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("scrape_shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is not None:
+            index, count = (int(part) for part in value.split("/"))
+            if count < 1 or index >= count:
+                raise ValueError("must be i/N with N >= 1 and 0 <= i < N, e.g. 0/3")
         return value
 
     def given(self, field: str) -> bool:
@@ -380,7 +465,7 @@ def load_settings(
     for field, value in (overrides or {}).items():
         if value is not None:
             values[field] = value
-            origin[field] = "--" + field.replace("_", "-")
+            origin[field] = flag_name(field)
     try:
         settings = Settings(**values)
     except ValidationError as exc:

@@ -21,18 +21,20 @@ LAYERS: dict[str, int] = {
     "worker": 2,
     "ops": 3,
     "streamer": 3,
+    "scraper": 3,
     "api": 4,
     "demo": 5,
     "cli": 6,
     # telemetry/__init__.py: `celery -A telemetry` finds the app there, lazily.
     "entry": 6,
 }
-DOMAIN_MODULES = {"config", "errors", "models", "dcgm"}
+DOMAIN_MODULES = {"config", "errors", "models", "dcgm", "exposition", "dcgm_exporter"}
 SETTINGS_MODULE = PACKAGE / "config.py"
 CELERY_DOOR = PACKAGE / "worker" / "celery_internals.py"
 # Celery's public, documented API: the app, tasks, signals and custom control commands.
 CELERY_PUBLIC = {"celery", "celery.worker.control"}
-KOMBU_PUBLIC = {"kombu", "kombu.exceptions"}
+# kombu.pidbox is kombu's documented mailbox API, which a scraper uses to answer `telemetry stats`.
+KOMBU_PUBLIC = {"kombu", "kombu.exceptions", "kombu.pidbox"}
 
 
 def room(path: Path) -> str:

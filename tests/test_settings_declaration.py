@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.cli import STREAM_FLAGS, stream
+from telemetry.cli import SCRAPE_FLAGS, STREAM_FLAGS, scrape, stream
 from telemetry.config import ENV_NAMES, flag_fields, flag_name, load_settings
+from telemetry.errors import ConfigError
 from tools import config_docs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,18 @@ def test_the_stream_command_takes_exactly_the_flags_declared_for_it() -> None:
         assert flag_name(field) in by_name[parameter].opts
 
 
+def test_the_scrape_command_takes_exactly_the_flags_declared_for_it() -> None:
+    assert set(SCRAPE_FLAGS) == set(flag_fields("scrape"))
+    by_name = {parameter.name: parameter for parameter in scrape.params}
+    for field, parameter in SCRAPE_FLAGS.items():
+        assert flag_name(field) in by_name[parameter].opts
+
+
+def test_a_bad_flag_is_named_as_it_was_typed() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid --shard='3/3': must be i/N"):
+        load_settings(env={}, overrides={"scrape_shard": "3/3"})
+
+
 # A valid value for each setting that is not an int or a float, differing from its default.
 TEXT_SAMPLES = {
     "instance_id": "sample",
@@ -58,6 +71,10 @@ TEXT_SAMPLES = {
     "mongo_timeout_ms": "700",
     "queue_type": "classic",
     "task_events": "failures",
+    "scrape_targets_file": "/etc/telemetry/targets.yml",
+    "scrape_honor_timestamps": "true",
+    "scrape_max_body_bytes": "2048",
+    "scrape_shard": "1/3",
 }
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from telemetry.broker.status import STATS_COMMAND
 from telemetry.broker.topology import Topology, topology_channel
 from telemetry.config import Settings
 from telemetry.observe.stats import COUNTERS
 
 
 def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
-    """Counters of each worker consuming ``settings.queue_name``, and both queue depths.
+    """Counters of each worker consuming ``settings.queue_name``, a summary of each scraper
+    feeding it, and both queue depths.
 
     Raises :class:`BrokerUnavailable` if the broker cannot be reached.
     """
@@ -26,15 +28,21 @@ def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
             for name in (topology.queue_name, topology.dead_name)
         }
         replies = app.control.broadcast(
-            "telemetry_stats", reply=True, timeout=timeout_s, connection=connection
+            STATS_COMMAND, reply=True, timeout=timeout_s, connection=connection
         )
-    workers = {
+    answers = {
         node: counters
         for reply in replies or []
         for node, counters in reply.items()
         if isinstance(counters, dict) and counters.get("queue") == settings.queue_name
     }
-    return {"workers": dict(sorted(workers.items())), "queues": depths}
+    workers = {node: body for node, body in answers.items() if body.get("component") != "scraper"}
+    scrapers = {node: body for node, body in answers.items() if body.get("component") == "scraper"}
+    return {
+        "workers": dict(sorted(workers.items())),
+        "scrapers": dict(sorted(scrapers.items())),
+        "queues": depths,
+    }
 
 
 def render_table(stats: dict[str, Any]) -> str:
@@ -65,5 +73,16 @@ def render_table(stats: dict[str, Any]) -> str:
     if not rows:
         lines.append("(no worker answered)")
     lines.append("")
+    lines.extend(scraper_line(node, body) for node, body in stats.get("scrapers", {}).items())
     lines.extend(f"queue {name}: {depth} waiting" for name, depth in stats["queues"].items())
     return "\n".join(lines)
+
+
+def scraper_line(node: str, status: dict[str, Any]) -> str:
+    """One scraper in one line: its targets up, down and frozen, and what it published."""
+    return (
+        f"{node}: {status.get('targets', 0)} targets, {status.get('up', 0)} up, "
+        f"{status.get('down', 0)} down, {status.get('frozen', 0)} frozen; "
+        f"{status.get('published', 0)} points published, "
+        f"{status.get('failed_scrapes', 0)} failed scrapes"
+    )

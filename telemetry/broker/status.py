@@ -1,0 +1,90 @@
+"""Answering ``telemetry stats`` from a process that is not a Celery worker.
+
+``telemetry stats`` asks every collector through Celery's control broadcast
+(the ``celery.pidbox`` fanout exchange). A scraper joins that mailbox as a
+node of its own, through kombu's public pidbox API, and answers only the
+collector's own command: Flower's and ``celery inspect``'s commands are left
+unanswered, so the scraper never shows up to them as a broken worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kombu import pidbox
+
+from telemetry.broker.connect import broker_errors, failover_connection
+
+logger = logging.getLogger("telemetry.broker.status")
+
+STATS_COMMAND = "telemetry_stats"
+"""The control command ``telemetry stats`` broadcasts; workers and scrapers answer it."""
+CONTROL_EXCHANGE = "celery"
+"""Celery's default ``control_exchange``: the mailbox is ``celery.pidbox``."""
+RECONNECT_AFTER_S = 2.0
+
+
+class StatusResponder:
+    """Answers :data:`STATS_COMMAND` with ``status()``, from a thread of its own."""
+
+    def __init__(
+        self, broker_url: str, node_name: str, status: Callable[[], Mapping[str, object]]
+    ) -> None:
+        self._broker_url = broker_url
+        self._node_name = node_name
+        self._status = status
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.answered = 0
+
+    def start(self) -> None:
+        """Listen in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="status-responder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            connection = failover_connection(self._broker_url)
+            try:
+                self._listen(connection)
+            except broker_errors(connection) as exc:
+                logger.warning("Status replies paused: broker connection lost (%s)", exc)
+                self._stop.wait(RECONNECT_AFTER_S)
+            finally:
+                connection.release()
+
+    def _listen(self, connection: Any) -> None:
+        mailbox = pidbox.Mailbox(
+            CONTROL_EXCHANGE, type="fanout", accept=["json"], serializer="json"
+        )(connection)
+        channel = connection.channel()
+        node = mailbox.Node(
+            self._node_name,
+            channel=channel,
+            handlers={STATS_COMMAND: lambda state: dict(self._status())},
+        )
+
+        def on_message(body: Any, message: Any) -> None:
+            if isinstance(body, dict) and body.get("method") == STATS_COMMAND:
+                node.handle_message(body, message)
+                self.answered += 1
+
+        consumer = node.listen(channel=channel, callback=on_message)
+        try:
+            while not self._stop.is_set():
+                try:
+                    connection.drain_events(timeout=0.5)
+                except TimeoutError:
+                    continue
+        finally:
+            consumer.cancel()
