@@ -1,4 +1,5 @@
-# The collector image: worker, streamer and Flower all run from it.
+# The collector image: worker, streamer, scraper, API and Flower all run from it, and so do
+# the stand-in dcgm-exporters of the compose file's scrape profile.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,5 +18,7 @@ USER telemetry
 EXPOSE 9842
 # `telemetry api`: the read API and dashboard.
 EXPOSE 8000
+# `telemetry scrape`: the scraper's Prometheus metrics and its /healthz probe (SCRAPER_PORT).
+EXPOSE 9843
 
 CMD ["celery", "-A", "telemetry", "worker", "-c", "10", "--loglevel=INFO"]

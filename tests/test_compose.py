@@ -12,12 +12,15 @@ import yaml
 
 from telemetry.cli import SAMPLE_CSV, main
 from telemetry.config import ENV_NAMES, Settings, load_settings
+from telemetry.demo.exporter import parser as exporter_parser
 from telemetry.worker.app import WORKER_FLAGS
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER_ENV = {"CSV_PATH", "LOOP_MODE", "STREAM_INTERVAL", "STREAM_MAX_BACKLOG"}
 CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
 CLUSTER_APPS = ("cluster-worker", "cluster-streamer", "cluster-flower")
+EXPORTERS = ("exporter-1", "exporter-2")
+TARGETS_MOUNT = "./deploy/scrape/targets.yml:/etc/telemetry/targets.yml:ro"
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_every_variable_in_the_compose_file_is_one_the_code_reads(
     compose: dict[str, Any],
 ) -> None:
     known = set(ENV_NAMES.values()) | STREAMER_ENV | {"FLOWER_BASIC_AUTH", "FLOWER_BROKER_API"}
-    for name in ("worker", "flower", "streamer", *CLUSTER_APPS):
+    for name in ("worker", "flower", "streamer", "scraper", *CLUSTER_APPS):
         unknown = set(compose["services"][name]["environment"]) - known
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
 
@@ -223,3 +226,77 @@ def test_the_cluster_flower_runs_beside_the_single_node_one(compose: dict[str, A
         for port in service.get("ports", [])
     ]
     assert len(host_ports) == len(set(host_ports)), host_ports
+
+
+# -- the scrape profile: stand-in dcgm-exporters and the scraper ------------------------
+
+
+def test_the_scrape_profile_has_two_exporters_and_the_scraper(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    in_profile = {
+        name for name, service in services.items() if "scrape" in service.get("profiles", [])
+    }
+    assert in_profile == {*EXPORTERS, "scraper"}
+    # Only under the profile: a plain `docker compose up` does not start them.
+    assert all(services[name]["profiles"] == ["scrape"] for name in in_profile)
+    assert not [name for name in in_profile if "container_name" in services[name]]
+
+
+def test_the_scraper_reads_the_mounted_targets_file_and_publishes_to_the_broker(
+    compose: dict[str, Any],
+) -> None:
+    scraper = compose["services"]["scraper"]
+    command = scraper["command"]
+    assert command[:2] == ["telemetry", "scrape"]
+    assert command[1] in main.commands
+    targets_file = command[command.index("--targets-file") + 1]
+    assert TARGETS_MOUNT in scraper["volumes"]
+    assert TARGETS_MOUNT.split(":")[1] == targets_file
+    # The broker the worker consumes from, and only the broker: it writes nothing itself.
+    env = scraper["environment"]
+    assert (
+        env["CELERY_BROKER_URL"]
+        == compose["services"]["worker"]["environment"]["CELERY_BROKER_URL"]
+    )
+    assert scraper["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+
+
+def test_the_scraper_publishes_its_metrics_port_and_checks_its_liveness_there(
+    compose: dict[str, Any],
+) -> None:
+    scraper = compose["services"]["scraper"]
+    port = load_settings(env=scraper["environment"]).scraper_port
+    assert port == Settings.model_fields["scraper_port"].default == 9843
+    assert scraper["ports"] == [f"{port}:{port}"]
+    assert f"http://127.0.0.1:{port}/healthz" in " ".join(scraper["healthcheck"]["test"])
+    assert f"EXPOSE {port}" in (REPO / "Dockerfile").read_text()
+
+
+def test_the_exporters_run_the_stand_in_on_dcgm_exporters_port(compose: dict[str, Any]) -> None:
+    nodes = set()
+    for name in EXPORTERS:
+        exporter = compose["services"][name]
+        command = exporter["command"]
+        assert command[:3] == ["python", "-m", "telemetry.demo.exporter"]
+        # The stand-in's own parser: a flag it does not know fails here, not in Docker.
+        args = exporter_parser().parse_args(command[3:])
+        assert args.port == [9400]
+        # All interfaces of the container: the scraper reaches it from another one.
+        assert args.host == "0.0.0.0"
+        nodes.update(args.node)
+        assert "http://127.0.0.1:9400/health" in " ".join(exporter["healthcheck"]["test"])
+        assert "ports" not in exporter
+    # Two nodes with one name would report the same GPU UUIDs.
+    assert len(nodes) == len(EXPORTERS)
+
+
+def test_the_targets_file_is_file_sd_and_names_the_exporter_services() -> None:
+    groups = yaml.safe_load((REPO / "deploy" / "scrape" / "targets.yml").read_text())
+    assert isinstance(groups, list)
+    targets = set()
+    for group in groups:
+        assert set(group) == {"targets", "labels"}
+        assert group["labels"]["cluster"] == "compose"
+        assert all(isinstance(value, str) for value in group["labels"].values())
+        targets.update(group["targets"])
+    assert targets == {f"{name}:9400" for name in EXPORTERS}

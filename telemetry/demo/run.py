@@ -119,22 +119,37 @@ def wait_until_settled(
 
 
 @dataclass(frozen=True)
+class SourceReport:
+    """What the demo's source (the CSV streamer or the scraper) sent, in the demo's words."""
+
+    sent: int
+    confirmed: int
+    skipped: int
+    skipped_what: str
+
+    @classmethod
+    def of_stream(cls, report: StreamReport) -> SourceReport:
+        """The streamer's report."""
+        return cls(report.rows_sent, report.confirmed, report.errors, "bad CSV rows skipped")
+
+
+@dataclass(frozen=True)
 class DemoResult:
     """What the demo did, for its closing summary."""
 
-    report: StreamReport
+    report: SourceReport
     counts: dict[str, int]
     new_points: int
     problem: str | None
 
     @property
     def ok(self) -> bool:
-        """Every valid row stored: confirmed = stored + duplicates, nothing failed, and the
+        """Every valid point stored: confirmed = stored + duplicates, nothing failed, and the
         database holds as many new points as the worker says it stored."""
         counts = self.counts
         return (
             self.problem is None
-            and self.report.confirmed == self.report.rows_sent
+            and self.report.confirmed == self.report.sent
             and counts["telemetry_stored"] + counts["duplicates"] == self.report.confirmed
             and counts["messages_errors"] == 0
             and counts["dead_lettered"] == 0
@@ -145,7 +160,7 @@ class DemoResult:
         """The closing lines, in words."""
         report, counts = self.report, self.counts
         lines = [
-            f"{'OK' if self.ok else 'INCOMPLETE'}: {report.rows_sent:,} points sent, "
+            f"{'OK' if self.ok else 'INCOMPLETE'}: {report.sent:,} points sent, "
             f"{report.confirmed:,} confirmed by the broker, {counts['telemetry_stored']:,} "
             f"stored ({self.new_points:,} new documents in the database)",
         ]
@@ -156,7 +171,7 @@ class DemoResult:
             )
         lines.append(
             f"  invalid: {counts['messages_errors']:,}   dead-lettered: "
-            f"{counts['dead_lettered']:,}   bad CSV rows skipped: {report.errors:,}   "
+            f"{counts['dead_lettered']:,}   {report.skipped_what}: {report.skipped:,}   "
             f"retries: {counts['retries']:,}"
         )
         lines.append(
@@ -227,20 +242,18 @@ def stall_diagnosis(settings: Settings) -> Callable[[], str]:
     return diagnose
 
 
-def run_demo(
-    settings: Settings,
-    csv_path: Path,
-    data_dir: Path,
-    limit: int | None,
-    show_progress: bool | None,
-    stop: threading.Event,
-    timestamps: TimestampMode = "csv",
-    stall_timeout_s: float = STALL_TIMEOUT_S,
-    serve: bool = False,
-) -> bool:
-    """Run the pipeline over ``csv_path``; True if every valid row was stored."""
-    started = time.monotonic()
-    progress = show_progress if show_progress is not None else ProgressBar.wanted()
+@dataclass(frozen=True)
+class DemoBackends:
+    """The demo's settings once its database and broker are chosen, and the database it
+    started itself (None when ``MONGODB_URI`` points at one)."""
+
+    settings: Settings
+    server: SecantusServer | None
+
+
+def choose_backends(settings: Settings, data_dir: Path) -> DemoBackends:
+    """An embedded database unless ``MONGODB_URI`` is set; the in-process broker unless
+    ``CELERY_BROKER_URL`` is set. Says which on stdout."""
     server: SecantusServer | None = None
     if not settings.given("mongodb_uri"):
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -254,19 +267,36 @@ def run_demo(
     settings = settings.model_copy(update={"broker_url": broker})
     in_process = " (in-process)" if broker == IN_PROCESS_BROKER else ""
     print(f"Broker:   {masked(broker)}{in_process}")
+    return DemoBackends(settings, server)
+
+
+Source = Callable[[Settings, bool], SourceReport]
+"""Sends the demo's points: given the settings and whether to show progress."""
+
+
+def run_pipeline(
+    settings: Settings,
+    data_dir: Path,
+    source: Source,
+    show_progress: bool | None,
+    stop: threading.Event,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+    show: Callable[[Settings, MongoTelemetryStore], None] | None = None,
+    serve: bool = False,
+) -> bool:
+    """Start the database, broker and worker, run ``source``, wait until its points are
+    stored, show them and say how it went; True if every valid point was stored."""
+    started = time.monotonic()
+    progress = show_progress if show_progress is not None else ProgressBar.wanted()
+    backends = choose_backends(settings, data_dir)
+    settings = backends.settings
     try:
         STATS.reset()
         since = datetime.now(UTC)
         with embedded_worker(settings):
             store = runtime.store()
             store.ensure_indexes()
-            options = StreamOptions(
-                paths=[csv_path],
-                limit=limit,
-                instance_id=settings.instance_id,
-                timestamps=timestamps,
-            )
-            report = run_stream(settings, options, show_progress=progress, stop=stop)
+            report = source(settings, progress)
             problem = wait_until_settled(
                 report.confirmed, progress, stop, stall_diagnosis(settings), stall_timeout_s
             )
@@ -275,7 +305,7 @@ def run_demo(
                 {"ingested_at": {"$gte": since}}
             )
             result = DemoResult(report, STATS.snapshot(), new_points, problem)
-            print_tables(store)
+            (show or (lambda _, shown: print_tables(shown)))(settings, store)
         except PyMongoError as exc:
             raise StorageUnavailable(f"cannot read the results back: {exc}") from exc
         print()
@@ -287,5 +317,30 @@ def run_demo(
         return result.ok
     finally:
         runtime.STORE.reset()
-        if server is not None:
-            server.stop()
+        if backends.server is not None:
+            backends.server.stop()
+
+
+def run_demo(
+    settings: Settings,
+    csv_path: Path,
+    data_dir: Path,
+    limit: int | None,
+    show_progress: bool | None,
+    stop: threading.Event,
+    timestamps: TimestampMode = "csv",
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+    serve: bool = False,
+) -> bool:
+    """Run the pipeline over ``csv_path``; True if every valid row was stored."""
+
+    def stream(settings: Settings, progress: bool) -> SourceReport:
+        options = StreamOptions(
+            paths=[csv_path], limit=limit, instance_id=settings.instance_id, timestamps=timestamps
+        )
+        report = run_stream(settings, options, show_progress=progress, stop=stop)
+        return SourceReport.of_stream(report)
+
+    return run_pipeline(
+        settings, data_dir, stream, show_progress, stop, stall_timeout_s, serve=serve
+    )
