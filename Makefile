@@ -34,11 +34,14 @@ faults: $(STAMP)
 
 ## Throughput against baselines from the same run, one benchmark at a time: the pipeline
 ## against bare kombu (benchmarks/run.py; BENCH_ARGS to tune), queue types on private
-## RabbitMQ nodes and a local cluster (benchmarks/queues.py), the read API (benchmarks/api.py).
+## RabbitMQ nodes and a local cluster (benchmarks/queues.py), the read API (benchmarks/api.py),
+## the scraper: parsing, scrape-and-publish against the bare publisher, a 200-exporter fleet
+## (benchmarks/scrape.py).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.queues
 	$(PY) -m benchmarks.api
+	$(PY) -m benchmarks.scrape
 
 ## A local 3-node RabbitMQ cluster on private ports (tools/rabbitmq_nodes.py; the shared
 ## broker at 5672 is left alone); it prints the failover URL. Stop it with `make cluster-stop`.
