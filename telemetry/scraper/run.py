@@ -173,6 +173,8 @@ class Scraper:
         self._results: queue.Queue[ScrapeResult] = queue.Queue()
         self._finished = threading.Event()
         self._status: dict[str, object] = {}
+        self._next_file_check = 0.0
+        self._next_stats = 0.0
         self.report = ScrapeReport()
 
     def load_targets(self) -> list[Target]:
@@ -201,42 +203,50 @@ class Scraper:
         report = self.report
         started = self._clock()
         self._apply(self.load_targets() if targets is None else targets, started)
-        next_file_check = started + self._options.targets_check_s
-        next_stats = started + self._options.stats_interval_s
-        stopping = False
+        self._next_file_check = started + self._options.targets_check_s
+        self._next_stats = started + self._options.stats_interval_s
         with ThreadPoolExecutor(self._options.concurrency, "scrape") as pool:
             while True:
                 now = self._clock()
-                if self._stop.is_set() and not stopping:
-                    stopping = report.stopped = True
-                if not stopping:
-                    if self._file is not None and now >= next_file_check:
-                        changed = self._file.changed()
-                        if changed is not None:
-                            self._apply(merge_targets(self._options.targets, changed), now)
-                        next_file_check = now + self._options.targets_check_s
+                if self._stop.is_set():
+                    report.stopped = True
+                else:
+                    self._reload_targets(now)
                     self._submit_due(pool, now)
                 self._settle_results()
-                if now >= next_stats:
-                    stats_logger.info(
-                        STATS_MESSAGE, extra=report.stats_fields(self._options.instance_id)
-                    )
-                    next_stats = now + self._options.stats_interval_s
+                self._log_stats(now)
                 in_flight = any(slot.in_flight for slot in self._slots.values())
-                if not in_flight and (stopping or self._all_done()):
+                if not in_flight and (report.stopped or self._all_done()):
                     break
-                wake = min(
-                    [next_stats, next_file_check if self._file is not None else next_stats]
-                    + [slot.next_due for slot in self._slots.values() if not self._spent(slot)]
-                )
                 # Short waits: a stop request must be noticed without a scrape finishing.
-                timeout = 0.2 if stopping else max(0.0, min(wake - self._clock(), 0.2))
-                self._finished.wait(timeout)
+                self._finished.wait(min(max(0.0, self._next_wake() - self._clock()), 0.2))
                 self._finished.clear()
         self._settle_results()
         report.rounds = min((slot.done for slot in self._slots.values()), default=0)
         report.elapsed_s = self._clock() - started
         return report
+
+    def _reload_targets(self, now: float) -> None:
+        if self._file is None or now < self._next_file_check:
+            return
+        changed = self._file.changed()
+        if changed is not None:
+            self._apply(merge_targets(self._options.targets, changed), now)
+        self._next_file_check = now + self._options.targets_check_s
+
+    def _log_stats(self, now: float) -> None:
+        if now >= self._next_stats:
+            stats_logger.info(
+                STATS_MESSAGE, extra=self.report.stats_fields(self._options.instance_id)
+            )
+            self._next_stats = now + self._options.stats_interval_s
+
+    def _next_wake(self) -> float:
+        """When the loop has something to do: a scrape due, a file check or a stats line."""
+        due = [slot.next_due for slot in self._slots.values() if not self._spent(slot)]
+        if self._file is not None:
+            due.append(self._next_file_check)
+        return min([self._next_stats, *due])
 
     def _apply(self, targets: Sequence[Target], now: float) -> None:
         mine = {target.url: target for target in targets if target.in_shard(self._options.shard)}
