@@ -22,7 +22,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,7 @@ BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "memory"})
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_MONGODB_URI = "mongodb://localhost:27017"
 DEFAULT_QUEUE_NAME = "telemetry"
+FILE_SUFFIX = "_FILE"
 
 
 def setting(
@@ -57,15 +58,20 @@ def setting(
     help: str,
     flags: tuple[Command, ...] = (),
     flag: str | None = None,
+    from_file: bool = False,
     **constraints: Any,
 ) -> Any:
     """A settings field with its environment variable, help text and the commands taking it.
 
     ``flag`` names the flag where it is not the field's name (``--loop`` for ``loop_mode``).
+    ``from_file`` gives the variable a ``<NAME>_FILE`` twin naming a file to read the
+    value from, as Docker and Kubernetes mount secrets.
     """
     extra: dict[str, JsonValue] = {"env": env, "flags": list(flags)}
     if flag is not None:
         extra["flag"] = flag
+    if from_file:
+        extra["from_file"] = True
     if default is ... and "default_factory" in constraints:
         return Field(description=help, json_schema_extra=extra, **constraints)
     return Field(default, description=help, json_schema_extra=extra, **constraints)
@@ -122,12 +128,14 @@ class Settings(BaseModel):
         DEFAULT_BROKER_URL,
         env="CELERY_BROKER_URL",
         help="RabbitMQ URL; several separated by ';' are tried in turn (failover).",
+        from_file=True,
     )
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI,
         env="MONGODB_URI",
         help="MongoDB connection URI.",
         flags=("worker",),
+        from_file=True,
     )
     mongodb_db: str = setting(
         "telemetry",
@@ -349,13 +357,24 @@ class Settings(BaseModel):
         le=65_535,
     )
     api_token: SecretStr | None = setting(
-        None, env="API_TOKEN", help="When set, every /api route needs 'Authorization: Bearer <it>'."
+        None,
+        env="API_TOKEN",
+        help="When set, every /api route needs 'Authorization: Bearer <it>'.",
+        from_file=True,
     )
     api_stale_after_s: float = setting(
         300.0,
         env="API_STALE_AFTER_S",
         help="The dashboard marks a GPU stale when its last point is older than this.",
         gt=0,
+    )
+    # -- Flower --------------------------------------------------------------------
+    flower_basic_auth: SecretStr | None = setting(
+        None,
+        env="FLOWER_BASIC_AUTH",
+        help="Flower's logins, user:password, several separated by ','; its pages and API "
+        "need one. Read by `celery -A telemetry flower` through flowerconfig.py.",
+        from_file=True,
     )
 
     # Which fields were given by a flag or the environment (not defaults).
@@ -384,6 +403,13 @@ class Settings(BaseModel):
             raise ValueError(str(exc)) from exc
         return value
 
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _check_logins(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            logins(value.get_secret_value())
+        return value
+
     @field_validator("scrape_shard")
     @classmethod
     def _check_shard(cls, value: str | None) -> str | None:
@@ -408,6 +434,15 @@ class Settings(BaseModel):
 def broker_urls(value: str) -> list[str]:
     """The URLs of a broker setting: one, or several separated by ``;`` for failover."""
     return [part.strip() for part in value.split(";") if part.strip()]
+
+
+def logins(value: str) -> list[str]:
+    """The ``user:password`` logins of a ``FLOWER_BASIC_AUTH`` value, as Flower splits it."""
+    found = [login.strip() for login in value.split(",")]
+    if not all(login.partition(":")[0] and login.partition(":")[2] for login in found):
+        # The value is a secret: the message must not quote it.
+        raise ValueError("must be user:password, several separated by ','")
+    return found
 
 
 def env_name(field: str) -> str:
@@ -440,8 +475,112 @@ def flag_help(field: str) -> str:
     return f"{Settings.model_fields[field].description} [{env_name(field)}]"
 
 
+def file_env_name(field: str) -> str | None:
+    """The ``<NAME>_FILE`` twin of a setting's variable, or None if it takes no file."""
+    extra = Settings.model_fields[field].json_schema_extra
+    if isinstance(extra, dict) and extra.get("from_file"):
+        return env_name(field) + FILE_SUFFIX
+    return None
+
+
 ENV_NAMES: dict[str, str] = {field: env_name(field) for field in Settings.model_fields}
 """Settings field → environment variable, for every setting."""
+FILE_ENV_NAMES: dict[str, str] = {
+    field: name for field in Settings.model_fields if (name := file_env_name(field)) is not None
+}
+"""Settings field → its ``_FILE`` variable, for the settings that take one."""
+ALL_ENV_NAMES: tuple[str, ...] = (*ENV_NAMES.values(), *FILE_ENV_NAMES.values())
+"""Every variable the package reads: the settings' and their ``_FILE`` twins."""
+
+
+class RawValue(NamedTuple):
+    """A setting's text as the environment gave it, and where it came from."""
+
+    text: str
+    variable: str
+    path: str | None = None
+
+    def source(self) -> str:
+        """The variable, and for a file its ``_FILE`` variable and path: never the value."""
+        if self.path is None:
+            return self.variable
+        return f"{self.variable} from {self.variable}{FILE_SUFFIX}={self.path}"
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The text of the file a ``_FILE`` variable names, without its trailing newline.
+
+    Raises :class:`ConfigError` naming the variable and the path, never the
+    content, when the file is missing, unreadable or empty.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problem = "no such file"
+    except IsADirectoryError:
+        problem = "is a directory, not a file"
+    except PermissionError:
+        problem = "cannot be read: permission denied"
+    except UnicodeDecodeError:
+        # Its message quotes a byte of the content.
+        problem = "is not UTF-8 text"
+    except OSError as exc:
+        problem = f"cannot be read: {exc.strerror or type(exc).__name__}"
+    else:
+        # Editors and `echo` end the file with a newline; it is not part of the secret.
+        text = text.removesuffix("\n").removesuffix("\r")
+        if text.strip():
+            return text
+        problem = "the file is empty"
+    raise ConfigError(f"{variable}={path}: {problem}")
+
+
+def raw_value(field: str, env: Mapping[str, str] | None = None) -> RawValue | None:
+    """A setting's text from its variable or its ``_FILE`` twin; None when neither is set.
+
+    A variable set to an empty string counts as not set. Setting both is an
+    error, as is a ``_FILE`` naming a file that is missing, unreadable or empty.
+    """
+    environ = os.environ if env is None else env
+    name = ENV_NAMES[field]
+    raw = environ.get(name, "")
+    file_name = FILE_ENV_NAMES.get(field)
+    path = environ.get(file_name, "").strip() if file_name else ""
+    if raw.strip() and path:
+        raise ConfigError(f"{name} and {file_name} are both set: set only one of them")
+    if path:
+        assert file_name is not None
+        return RawValue(read_secret_file(file_name, path), name, path)
+    if raw.strip():
+        return RawValue(raw.strip(), name)
+    return None
+
+
+def environment_value(field: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A setting's text from the environment (its variable or its ``_FILE`` twin), or None.
+
+    For processes that need one setting and not the rest: Celery's own
+    commands (the broker URL) and Flower (its logins). Raises
+    :class:`ConfigError` as :func:`load_settings` does.
+    """
+    found = raw_value(field, env)
+    return None if found is None else found.text
+
+
+def flower_logins(env: Mapping[str, str] | None = None) -> list[str]:
+    """Flower's ``basic_auth`` from ``FLOWER_BASIC_AUTH`` or ``FLOWER_BASIC_AUTH_FILE``.
+
+    Empty when neither is set. Raises :class:`ConfigError` on a bad value,
+    without quoting it.
+    """
+    found = raw_value("flower_basic_auth", env)
+    if found is None:
+        return []
+    try:
+        return logins(found.text)
+    except ValueError as exc:
+        where = found.source() if found.path else f"{found.variable}=<hidden>"
+        raise ConfigError(f"invalid {where}: {exc}") from None
 
 
 def load_settings(
@@ -450,41 +589,59 @@ def load_settings(
     """Build settings with flag > environment > default precedence.
 
     ``overrides`` holds values from flags; ``None`` values mean "not given".
-    A variable set to an empty string counts as not set. Raises
+    A variable set to an empty string counts as not set. A setting declared
+    ``from_file`` may instead come from the file its ``<NAME>_FILE`` variable
+    names (:func:`raw_value`); a flag still wins over it. Raises
     :class:`ConfigError` with one readable line on the first bad value; a
-    secret's value is never part of it.
+    secret's value is never part of it, nor is anything read from a file.
     """
-    environ = os.environ if env is None else env
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for field, name in ENV_NAMES.items():
-        raw = environ.get(name)
-        if raw is not None and raw.strip() != "":
-            values[field] = raw.strip()
-            origin[field] = name
+    from_files: dict[str, str] = {}
+    for field in ENV_NAMES:
+        found = raw_value(field, env)
+        if found is not None:
+            values[field] = found.text
+            origin[field] = found.variable
+            if found.path is not None:
+                from_files[field] = found.source()
     for field, value in (overrides or {}).items():
         if value is not None:
             values[field] = value
             origin[field] = flag_name(field)
+            from_files.pop(field, None)
     try:
         settings = Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
+        # A parser's message may quote part of the value (pymongo's do, for a URI).
+        message = masked(first["msg"].removeprefix("Value error, "))
+        if field in from_files:
+            # What a file holds is never shown: the variable and the path say where it is.
+            raise ConfigError(f"invalid {from_files[field]}: {message}") from exc
         where = origin.get(field, field)
         given = "<hidden>" if field in SECRET_FIELDS else masked(repr(values.get(field)))
-        message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"invalid {where}={given}: {message}") from exc
     settings._given = frozenset(values)
     return settings
 
 
-SECRET_FIELDS = frozenset({"api_token"})
-_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/;]*):[^@/;]*@", re.I)
+SECRET_FIELDS = frozenset({"api_token", "flower_basic_auth"})
+# user:password@ after a scheme. The user stops at ';' (a failover list's separator), the
+# password does not: MongoDB allows an unescaped ';' in one. Neither crosses '/', so a URL
+# without credentials cannot reach into the next one of a list.
+_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/;\s]*):[^@/\s]*@", re.IGNORECASE
+)
 
 
 def masked(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
+    """``text`` with the password of every URL in it replaced by ``***``.
+
+    Covers each URL of a ``;``-separated failover list, ``amqp``/``amqps``,
+    and MongoDB URIs with several hosts and options (``mongodb+srv`` too).
+    """
     return _PASSWORD.sub(lambda match: f"{match['scheme']}{match['user']}:***@", text)
 
 

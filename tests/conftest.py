@@ -9,13 +9,13 @@ from datetime import datetime
 import mongomock
 import pytest
 
-from telemetry.config import ENV_NAMES, Settings, load_settings
+from telemetry.config import ALL_ENV_NAMES, Settings, load_settings
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
 
-# Every variable the package reads, from the one declaration in telemetry.config;
-# cleared so a developer's shell cannot change a test.
-COLLECTOR_ENV = tuple(ENV_NAMES.values())
+# Every variable the package reads (the _FILE twins too), from the one declaration in
+# telemetry.config; cleared so a developer's shell cannot change a test.
+COLLECTOR_ENV = ALL_ENV_NAMES
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from telemetry.cli import SAMPLE_CSV, main
-from telemetry.config import ENV_NAMES, Settings, load_settings
+from telemetry.config import ALL_ENV_NAMES, FILE_ENV_NAMES, Settings, flower_logins, load_settings
 from telemetry.demo.exporter import parser as exporter_parser
 from telemetry.worker.app import WORKER_FLAGS
 
@@ -21,6 +21,10 @@ CLUSTER_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
 CLUSTER_APPS = ("cluster-worker", "cluster-streamer", "cluster-flower")
 EXPORTERS = ("exporter-1", "exporter-2")
 TARGETS_MOUNT = "./deploy/scrape/targets.yml:/etc/telemetry/targets.yml:ro"
+SECRETS_DIR = REPO / "deploy" / "secrets"
+# Services whose images read their own variables: RabbitMQ's first account stays in its
+# environment (its image has no *_FILE variant), MongoDB's is created from a secret.
+SERVERS = ("rabbitmq", "mongo", *CLUSTER_NODES)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +56,20 @@ def test_worker_runs_the_documented_command(compose: dict[str, Any]) -> None:
     assert command[:6] == ["celery", "-A", "telemetry", "worker", "-c", "10"]
 
 
-def test_flower_has_port_auth_and_the_management_api(compose: dict[str, Any]) -> None:
+def test_flower_has_a_login_on_loopback_and_the_management_api(compose: dict[str, Any]) -> None:
     flower = compose["services"]["flower"]
     assert flower["command"][:4] == ["celery", "-A", "telemetry", "flower"]
-    assert "5555:5555" in flower["ports"]
-    assert "FLOWER_BASIC_AUTH" in flower["environment"]
+    # Loopback on the host unless FLOWER_PUBLISH_ADDRESS says otherwise.
+    assert flower["ports"] == ["${FLOWER_PUBLISH_ADDRESS:-127.0.0.1}:5555:5555"]
+    assert [interpolated(port) for port in flower["ports"]] == ["127.0.0.1:5555:5555"]
+    # The login flowerconfig.py gives Flower, from the mounted secret.
+    logins = flower_logins(secret_env(compose, "flower"))
+    assert len(logins) == 1 and logins[0].startswith("admin:dev-")
+    assert "FLOWER_BASIC_AUTH" not in flower["environment"]
     assert re.match(r"http://.+@rabbitmq:15672/api/$", flower["environment"]["FLOWER_BROKER_API"])
     assert "15672:15672" in compose["services"]["rabbitmq"]["ports"]
+    # Its probe is one of the two paths that need no login.
+    assert "http://127.0.0.1:5555/healthcheck" in " ".join(flower["healthcheck"]["test"])
 
 
 def test_streamer_loops_over_the_sample_shipped_in_the_image(compose: dict[str, Any]) -> None:
@@ -74,16 +85,96 @@ def test_streamer_loops_over_the_sample_shipped_in_the_image(compose: dict[str, 
 def test_every_variable_in_the_compose_file_is_one_the_code_reads(
     compose: dict[str, Any],
 ) -> None:
-    known = set(ENV_NAMES.values()) | STREAMER_ENV | {"FLOWER_BASIC_AUTH", "FLOWER_BROKER_API"}
-    for name in ("worker", "flower", "streamer", "scraper", *CLUSTER_APPS):
+    known = set(ALL_ENV_NAMES) | STREAMER_ENV | {"FLOWER_BROKER_API"}
+    for name in ("worker", "flower", "api", "streamer", "scraper", *CLUSTER_APPS):
         unknown = set(compose["services"][name]["environment"]) - known
         assert not unknown, f"{name} sets variables nothing reads: {unknown}"
 
 
-def test_broker_and_database_urls_point_at_the_compose_services(compose: dict[str, Any]) -> None:
-    env = compose["services"]["worker"]["environment"]
-    assert re.match(r"amqp://.+@rabbitmq:5672//$", env["CELERY_BROKER_URL"])
-    assert env["MONGODB_URI"] == "mongodb://mongo:27017"
+# -- secrets: Docker secrets from deploy/secrets/, read through the *_FILE variables -------
+
+
+def secret_path(compose: dict[str, Any], mounted: str) -> Path:
+    """The file under deploy/secrets/ that compose mounts at ``mounted`` (/run/secrets/NAME)."""
+    assert mounted.startswith("/run/secrets/"), mounted
+    return REPO / compose["secrets"][mounted.removeprefix("/run/secrets/")]["file"]
+
+
+def secret_env(compose: dict[str, Any], service: str) -> dict[str, str]:
+    """A service's environment as its container sees it, with the secrets at their paths here."""
+    env = {}
+    for key, value in compose["services"][service]["environment"].items():
+        is_secret = key.endswith("_FILE") and str(value).startswith("/run/secrets/")
+        env[key] = str(secret_path(compose, value)) if is_secret else interpolated(str(value))
+    return env
+
+
+def app_services(compose: dict[str, Any]) -> list[str]:
+    """Every service running our image, in every profile."""
+    return [name for name in compose["services"] if name not in SERVERS]
+
+
+def test_every_secret_a_service_reads_is_mounted_and_every_mount_is_read(
+    compose: dict[str, Any],
+) -> None:
+    used = set()
+    for name, service in compose["services"].items():
+        files = {
+            key: value
+            for key, value in service.get("environment", {}).items()
+            if key.endswith("_FILE")
+        }
+        assert all(value.startswith("/run/secrets/") for value in files.values()), name
+        wanted = {value.removeprefix("/run/secrets/") for value in files.values()}
+        assert wanted == set(service.get("secrets", [])), name
+        used |= wanted
+    assert used == set(compose["secrets"])
+    for secret in compose["secrets"].values():
+        path = REPO / secret["file"]
+        assert path.parent == SECRETS_DIR, secret
+        # Development values, and they say so.
+        assert "dev-only" in path.read_text(), path
+
+
+def test_no_app_service_has_a_secret_in_its_environment(compose: dict[str, Any]) -> None:
+    secret_variables = {name.removesuffix("_FILE") for name in FILE_ENV_NAMES.values()}
+    for name in app_services(compose):
+        env = compose["services"][name].get("environment", {})
+        assert not set(env) & secret_variables, name
+        # No password in a URL either, but Flower's management API URL: Flower reads it
+        # itself, with no *_FILE variant (docs/security.md).
+        for key, value in env.items():
+            if key != "FLOWER_BROKER_API":
+                assert not re.search(r"://[^/@\s]*:[^/@\s]*@", str(value)), (name, key)
+
+
+def test_the_secret_files_stay_out_of_the_image() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "deploy/secrets" in ignored
+
+
+def test_the_secret_files_load_as_settings_and_match_the_servers_accounts(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    rabbit = {
+        key: interpolated(value) for key, value in services["rabbitmq"]["environment"].items()
+    }
+    mongo = services["mongo"]["environment"]
+    mongo_password = secret_path(compose, mongo["MONGO_INITDB_ROOT_PASSWORD_FILE"]).read_text()
+    settings = load_settings(env=secret_env(compose, "worker"))
+    assert settings.broker_url == (
+        f"amqp://{rabbit['RABBITMQ_DEFAULT_USER']}:{rabbit['RABBITMQ_DEFAULT_PASS']}@rabbitmq:5672//"
+    )
+    assert settings.mongodb_uri == (
+        f"mongodb://{mongo['MONGO_INITDB_ROOT_USERNAME']}:{mongo_password.strip()}@mongo:27017/"
+        "?authSource=admin"
+    )
+    api = load_settings(env=secret_env(compose, "api"))
+    assert api.mongodb_uri == settings.mongodb_uri
+    assert api.api_token is not None and api.api_token.get_secret_value().startswith("dev-only")
+    for name in ("streamer", "scraper", "flower"):
+        assert load_settings(env=secret_env(compose, name)).broker_url == settings.broker_url
 
 
 def test_dockerfile_ships_the_package_and_the_celery_config() -> None:
@@ -115,7 +206,7 @@ def test_worker_publishes_its_metrics_port_and_checks_its_liveness_there(
     compose: dict[str, Any],
 ) -> None:
     worker = compose["services"]["worker"]
-    port = load_settings(env=worker["environment"]).metrics_port
+    port = load_settings(env=secret_env(compose, "worker")).metrics_port
     assert port == Settings.model_fields["metrics_port"].default
     assert f"{port}:{port}" in worker["ports"]
     probe = " ".join(worker["healthcheck"]["test"])
@@ -129,7 +220,7 @@ def test_the_api_runs_the_api_command_on_loopback_with_a_probe(compose: dict[str
     assert api["command"][api["command"].index("--port") + 1] == "8000"
     assert api["ports"] == ["127.0.0.1:8000:8000"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
-    assert "API_TOKEN" in api["environment"]
+    assert api["environment"]["API_TOKEN_FILE"] == "/run/secrets/api_token"
 
 
 # -- the cluster profile: 3 RabbitMQ nodes, quorum queues, workers that scale -----------
@@ -188,14 +279,20 @@ def test_cluster_apps_use_quorum_queues_and_fail_over_across_the_three_nodes(
         app = compose["services"][name]
         env = app["environment"]
         # The streamer declares the queue too: a producer and a worker must agree on its type.
-        assert env["QUEUE_TYPE"] == "quorum", name
-        urls = interpolated(env["CELERY_BROKER_URL"]).split(";")
+        # Flower declares no queue.
+        assert env.get("QUEUE_TYPE", "quorum") == "quorum", name
+        assert env["CELERY_BROKER_URL_FILE"] == "/run/secrets/cluster_broker_url", name
+        settings = load_settings(env=secret_env(compose, name))
+        urls = settings.broker_url.split(";")
         assert [re.sub(r"^amqp://[^@]+@", "", url) for url in urls] == [
             f"{node}:5672//" for node in CLUSTER_NODES
         ], name
-        settings = load_settings(env={key: interpolated(str(v)) for key, v in env.items()})
-        assert settings.broker_url == interpolated(env["CELERY_BROKER_URL"])
-        assert settings.queue_type == "quorum"
+        node = {
+            key: interpolated(value)
+            for key, value in compose["services"]["rabbitmq-1"]["environment"].items()
+        }
+        login = f"{node['RABBITMQ_DEFAULT_USER']}:{node['RABBITMQ_DEFAULT_PASS']}@"
+        assert all(url.startswith(f"amqp://{login}") for url in urls), name
         assert app["depends_on"] == {
             **{node: {"condition": "service_healthy"} for node in CLUSTER_NODES},
             "mongo": {"condition": "service_healthy"},
@@ -218,7 +315,8 @@ def test_the_cluster_worker_scales_without_editing_the_file(compose: dict[str, A
 def test_the_cluster_flower_runs_beside_the_single_node_one(compose: dict[str, Any]) -> None:
     flower = compose["services"]["cluster-flower"]
     assert flower["command"][:4] == ["celery", "-A", "telemetry", "flower"]
-    assert flower["ports"] == ["5556:5555"]
+    assert [interpolated(port) for port in flower["ports"]] == ["127.0.0.1:5556:5555"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_basic_auth"
     assert "@rabbitmq-1:15672/api/" in flower["environment"]["FLOWER_BROKER_API"]
     host_ports = [
         port.rsplit(":", 1)[0]
@@ -255,9 +353,10 @@ def test_the_scraper_reads_the_mounted_targets_file_and_publishes_to_the_broker(
     # The broker the worker consumes from, and only the broker: it writes nothing itself.
     env = scraper["environment"]
     assert (
-        env["CELERY_BROKER_URL"]
-        == compose["services"]["worker"]["environment"]["CELERY_BROKER_URL"]
+        env["CELERY_BROKER_URL_FILE"]
+        == compose["services"]["worker"]["environment"]["CELERY_BROKER_URL_FILE"]
     )
+    assert "MONGODB_URI_FILE" not in env
     assert scraper["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
 
 
@@ -265,7 +364,7 @@ def test_the_scraper_publishes_its_metrics_port_and_checks_its_liveness_there(
     compose: dict[str, Any],
 ) -> None:
     scraper = compose["services"]["scraper"]
-    port = load_settings(env=scraper["environment"]).scraper_port
+    port = load_settings(env=secret_env(compose, "scraper")).scraper_port
     assert port == Settings.model_fields["scraper_port"].default == 9843
     assert scraper["ports"] == [f"{port}:{port}"]
     assert f"http://127.0.0.1:{port}/healthz" in " ".join(scraper["healthcheck"]["test"])

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from telemetry.cli import SCRAPE_FLAGS, STREAM_FLAGS, scrape, stream
 from telemetry.config import ENV_NAMES, flag_fields, flag_name, load_settings
@@ -68,6 +69,7 @@ TEXT_SAMPLES = {
     "loop_mode": "true",
     "api_host": "0.0.0.0",
     "api_token": "sample-token",
+    "flower_basic_auth": "sample:login",
     "mongo_timeout_ms": "700",
     "queue_type": "classic",
     "task_events": "failures",
@@ -84,6 +86,6 @@ def test_each_declared_variable_is_read_into_its_setting(field: str) -> None:
     settings = load_settings(env={ENV_NAMES[field]: raw})
     assert settings.given(field)
     value = getattr(settings, field)
-    shown = value.get_secret_value() if field == "api_token" else value
+    shown = value.get_secret_value() if isinstance(value, SecretStr) else value
     assert str(shown) in (raw, "7.0", "True", "700")
     assert not load_settings(env={ENV_NAMES[field]: "  "}).given(field)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from telemetry.config import Settings, env_name, flag_name
+from telemetry.config import Settings, env_name, file_env_name, flag_name
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
@@ -19,7 +19,16 @@ HEADER = """# Configuration
 Every setting is an environment variable; the commands that take it as a flag
 say so, and a flag wins over the variable. An empty variable counts as unset.
 A bad value stops the command with one line naming the variable (or flag) and
-exit code 2. Secrets (`API_TOKEN`, passwords in URLs) are never printed.
+exit code 2. Secrets (`API_TOKEN`, `FLOWER_BASIC_AUTH`, passwords in URLs) are
+never printed.
+
+A variable listed with a `_FILE` twin may instead be given as the path of a
+file holding the value, as Docker and Kubernetes mount secrets
+(`CELERY_BROKER_URL_FILE=/run/secrets/broker_url`). One trailing newline
+(`\\n` or `\\r\\n`) is dropped. Setting both the variable and its `_FILE`, or
+naming a file that is missing, unreadable or empty, stops the command with
+one line naming the variable and the path, never the content. A flag still
+wins over either. See [security.md](security.md#secrets).
 
 This page is generated from `telemetry/config.py` by `make config-docs`;
 a test fails when it is out of date.
@@ -52,9 +61,9 @@ def render() -> str:
             FLAG_NAMES.get(str(command), f"`telemetry {command}`") for command in flags
         )
         flag = f"`{flag_name(field)}` ({takers})" if takers else ""
-        rows.append(
-            f"| `{env_name(field)}` | {default_text(field)} | {flag} | {info.description} |"
-        )
+        twin = file_env_name(field)
+        variable = f"`{env_name(field)}`" + (f" or `{twin}`" if twin else "")
+        rows.append(f"| {variable} | {default_text(field)} | {flag} | {info.description} |")
     return HEADER + "\n".join(rows) + "\n"
 
 

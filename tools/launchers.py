@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from telemetry.config import ENV_NAMES
+from telemetry.config import ALL_ENV_NAMES
 from telemetry.demo.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def wait_for_count(
 def clean_env(**settings: str) -> dict[str, str]:
     """This process's environment without the package's variables, ``settings`` set,
     and the repository importable: what every launched process starts from."""
-    env = {key: value for key, value in os.environ.items() if key not in ENV_NAMES.values()}
+    env = {key: value for key, value in os.environ.items() if key not in ALL_ENV_NAMES}
     env["PYTHONPATH"] = str(REPO)
     env.update(settings)
     return env

@@ -6,6 +6,11 @@ Celery settings come from :mod:`telemetry.worker.celery_settings`, then a
 settings (``INSTANCE_ID`` and friends) are read by :class:`TelemetryWorker`
 when a worker starts, with its flags taking precedence over the environment;
 the flags are derived from the settings declaration in :mod:`telemetry.config`.
+
+Celery reads ``CELERY_BROKER_URL`` itself but knows nothing of its
+``CELERY_BROKER_URL_FILE`` twin: :func:`_broker_url_from_file` puts the file's
+URL into the app's configuration when Celery first reads it, so every
+``celery -A telemetry`` command (worker, flower, inspect) connects with it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from celery.worker.control import inspect_command
 
 from telemetry.broker.connect import login_refused
 from telemetry.broker.topology import Topology, topology_problem
-from telemetry.config import Settings, flag_fields, flag_help, flag_name, load_settings
+from telemetry.config import (
+    Settings,
+    environment_value,
+    flag_fields,
+    flag_help,
+    flag_name,
+    load_settings,
+)
 from telemetry.errors import ConfigError, TelemetryError
 from telemetry.observe import health, metrics
 from telemetry.observe.logs import configure_logging, current_format
@@ -147,6 +159,23 @@ if _user_config is not None:
     app.conf.update(celery_options(_user_config))
 for _field in WORKER_FLAGS:
     app.user_options["worker"].add(worker_flag(_field))
+
+
+def _broker_url_from_file(source: Any, **_: Any) -> None:
+    # Celery's configuration is read lazily, on first use, so this runs in every `celery`
+    # command before it connects, and never at import. The URL from CELERY_BROKER_URL is
+    # the one Celery would use anyway; setting both variables is refused.
+    try:
+        url = environment_value("broker_url")
+    except ConfigError as exc:
+        # Celery would print a traceback; one line, as every command of ours says it.
+        print(f"telemetry: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if url is not None:
+        source.broker_url = url
+
+
+app.on_after_configure.connect(_broker_url_from_file, weak=False)
 
 _reporter: StatsReporter | None = None
 

@@ -5,7 +5,9 @@ The Celery app (:mod:`telemetry.worker.app`) loads this module first, then a
 repository's own ``celeryconfig.py`` is where a user changes these).
 Collector settings (``INSTANCE_ID``, ``BATCH_SIZE``, …) are applied on top
 when a worker starts. The broker URL comes from ``CELERY_BROKER_URL``,
-which Celery itself reads; the default here is the settings module's.
+which Celery itself reads, or from the file ``CELERY_BROKER_URL_FILE`` names
+(:mod:`telemetry.worker.app` puts it in); the default here is the settings
+module's.
 """
 
 from telemetry.broker.topology import Topology
