@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn, cast
 
 import click
 
+from telemetry.broker.connect import Broker
 from telemetry.broker.topology import Topology
 from telemetry.config import LogFormat, Settings, flag_help, flag_name, load_settings
 from telemetry.errors import ConfigError, PermanentError, TelemetryError
@@ -497,7 +498,7 @@ def dlq() -> None:
 def dead_letters() -> DeadLetterQueue:
     """The dead-letter queue the settings point at; exits with one line on bad settings."""
     settings = settings_or_exit()
-    return DeadLetterQueue(settings.broker_url, Topology.of(settings))
+    return DeadLetterQueue(Broker.of(settings), Topology.of(settings))
 
 
 @dlq.command("list")

@@ -33,6 +33,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pymongo.errors import ConfigurationError, InvalidURI
 from pymongo.uri_parser import parse_uri
@@ -129,6 +130,30 @@ class Settings(BaseModel):
         env="CELERY_BROKER_URL",
         help="RabbitMQ URL; several separated by ';' are tried in turn (failover).",
         from_file=True,
+    )
+    broker_tls_ca_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_CA_FILE",
+        help="PEM file of the CA(s) that sign the broker's certificate, for amqps:// URLs. "
+        "Default: the system's trusted CAs.",
+    )
+    broker_tls_cert_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_CERT_FILE",
+        help="PEM client certificate shown to the broker (with BROKER_TLS_KEY_FILE); with no "
+        "password in the URL the broker logs the client in by it (EXTERNAL).",
+    )
+    broker_tls_key_file: Path | None = setting(
+        None,
+        env="BROKER_TLS_KEY_FILE",
+        help="PEM private key of BROKER_TLS_CERT_FILE; it must not be encrypted (protect it "
+        "by its file permissions).",
+    )
+    broker_tls_verify_hostname: bool = setting(
+        True,
+        env="BROKER_TLS_VERIFY_HOSTNAME",
+        help="Check that the broker's certificate names the host each URL connects to (true "
+        "or false). The certificate chain is checked either way.",
     )
     mongodb_uri: str = setting(
         DEFAULT_MONGODB_URI,
@@ -384,10 +409,31 @@ class Settings(BaseModel):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         for url in broker_urls(value):
-            scheme = url.split("://", 1)[0] if "://" in url else ""
+            scheme = scheme_of(url)
             if scheme not in BROKER_SCHEMES:
                 raise ValueError(f"scheme must be one of {sorted(BROKER_SCHEMES)}, got {scheme!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_broker_tls(self) -> Settings:
+        schemes = {scheme_of(url) for url in broker_urls(self.broker_url)}
+        tls_files = {
+            "BROKER_TLS_CA_FILE": self.broker_tls_ca_file,
+            "BROKER_TLS_CERT_FILE": self.broker_tls_cert_file,
+            "BROKER_TLS_KEY_FILE": self.broker_tls_key_file,
+        }
+        given = [name for name, path in tls_files.items() if path is not None]
+        if "amqps" in schemes and len(schemes) > 1:
+            # A failover to a plain amqp:// host would send the password in the clear.
+            raise ValueError("CELERY_BROKER_URL mixes amqps:// with plain URLs; use amqps:// only")
+        if given and schemes != {"amqps"}:
+            raise ValueError(f"{given[0]} is set but CELERY_BROKER_URL is not amqps://")
+        if (self.broker_tls_cert_file is None) != (self.broker_tls_key_file is None):
+            raise ValueError("BROKER_TLS_CERT_FILE and BROKER_TLS_KEY_FILE go together")
+        for name, path in tls_files.items():
+            if path is not None:
+                check_pem_file(name, path)
+        return self
 
     @field_validator("mongodb_uri")
     @classmethod
@@ -443,6 +489,31 @@ def logins(value: str) -> list[str]:
         # The value is a secret: the message must not quote it.
         raise ValueError("must be user:password, several separated by ','")
     return found
+
+
+def scheme_of(url: str) -> str:
+    """The scheme of a broker URL (``amqps`` for ``amqps://host``), empty if it has none."""
+    return url.split("://", 1)[0] if "://" in url else ""
+
+
+def check_pem_file(name: str, path: Path) -> None:
+    """Raise ValueError unless ``path`` is a readable PEM file usable without a password.
+
+    py-amqp loads a client key with no password callback, so OpenSSL would
+    prompt on the terminal (or fail) for an encrypted one: refuse it here, in words.
+    """
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{name}={path} cannot be read: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in text:
+        raise ValueError(f"{name}={path} is not a PEM file")
+    if b"ENCRYPTED" in text:
+        raise ValueError(
+            f"{name}={path} is encrypted; the broker client cannot use a key with a "
+            "password: store it decrypted (openssl pkey -in KEY -out KEY.plain) and readable "
+            "only by the collector's user"
+        )
 
 
 def env_name(field: str) -> str:
@@ -614,9 +685,12 @@ def load_settings(
         settings = Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
         # A parser's message may quote part of the value (pymongo's do, for a URI).
         message = masked(first["msg"].removeprefix("Value error, "))
+        if not first["loc"]:
+            # A rule across several settings: the message names them.
+            raise ConfigError(f"invalid settings: {message}") from exc
+        field = str(first["loc"][0])
         if field in from_files:
             # What a file holds is never shown: the variable and the path say where it is.
             raise ConfigError(f"invalid {from_files[field]}: {message}") from exc

@@ -14,6 +14,7 @@ from telemetry.errors import ConfigError
 from tools import config_docs
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE_PEM = REPO / "tests" / "fixtures" / "tls" / "sample.pem"
 README = REPO / "README.md"
 
 
@@ -77,15 +78,36 @@ TEXT_SAMPLES = {
     "scrape_honor_timestamps": "true",
     "scrape_max_body_bytes": "2048",
     "scrape_shard": "1/3",
+    "broker_tls_ca_file": str(SAMPLE_PEM),
+    "broker_tls_cert_file": str(SAMPLE_PEM),
+    "broker_tls_key_file": str(SAMPLE_PEM),
+    "broker_tls_verify_hostname": "true",
+}
+# What a setting needs beside it to be valid at all: TLS files only go with amqps:// URLs,
+# a client certificate with its key.
+CONTEXT = {
+    "broker_tls_ca_file": {"CELERY_BROKER_URL": "amqps://rabbit-1//"},
+    "broker_tls_cert_file": {
+        "CELERY_BROKER_URL": "amqps://rabbit-1//",
+        "BROKER_TLS_KEY_FILE": str(SAMPLE_PEM),
+    },
+    "broker_tls_key_file": {
+        "CELERY_BROKER_URL": "amqps://rabbit-1//",
+        "BROKER_TLS_CERT_FILE": str(SAMPLE_PEM),
+    },
 }
 
 
 @pytest.mark.parametrize("field", sorted(ENV_NAMES))
 def test_each_declared_variable_is_read_into_its_setting(field: str) -> None:
     raw = TEXT_SAMPLES.get(field, "7")
-    settings = load_settings(env={ENV_NAMES[field]: raw})
+    context = CONTEXT.get(field, {})
+    settings = load_settings(env={**context, ENV_NAMES[field]: raw})
     assert settings.given(field)
     value = getattr(settings, field)
     shown = value.get_secret_value() if isinstance(value, SecretStr) else value
     assert str(shown) in (raw, "7.0", "True", "700")
-    assert not load_settings(env={ENV_NAMES[field]: "  "}).given(field)
+    blank = {**context, ENV_NAMES[field]: "  "}
+    if field in ("broker_tls_cert_file", "broker_tls_key_file"):
+        blank = {"CELERY_BROKER_URL": "amqps://rabbit-1//", ENV_NAMES[field]: "  "}
+    assert not load_settings(env=blank).given(field)

@@ -16,6 +16,10 @@ Library use::
     with LocalNode.create() as node:           # one private node
         node.amqp_url
 
+    tls = NodeTls(ca_file, cert_file, key_file)  # PEM files, copied into the node's directory
+    with LocalNode.create(tls=tls) as node:    # also a TLS listener on 127.0.0.1 and 127.0.0.2
+        node.amqps_url()                       # amqps://guest:guest@127.0.0.1:TLS_PORT//
+
 Command line (state is kept in the base directory, so ``stop`` finds the nodes)::
 
     python -m tools.rabbitmq_nodes cluster start|stop|status [--base DIR] [--size 3]
@@ -256,6 +260,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 # One node
 
 
+@dataclass(frozen=True)
+class NodeTls:
+    """PEM files for a node's TLS listener: the CA it checks client certificates against,
+    its certificate and its key (not encrypted). The node reads copies in its own directory,
+    so the originals may live where the rabbitmq user cannot read."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+# The TLS listener's addresses: a second loopback address lets a test reach the same
+# listener by a name its certificate does not list.
+TLS_HOSTS = ("127.0.0.1", "127.0.0.2")
+
+
 class LocalNode:
     """One private RabbitMQ node under ``<base>/<short_name>``, listening on 127.0.0.1:``port``.
 
@@ -270,6 +290,8 @@ class LocalNode:
         port: int | None = None,
         dist_port: int | None = None,
         owns_base: bool = False,
+        tls: NodeTls | None = None,
+        tls_port: int | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", short_name):
             raise NodeError(f"invalid node name {short_name!r}")
@@ -278,15 +300,22 @@ class LocalNode:
         self.port: int | None = port
         self.dist_port: int | None = dist_port
         self._owns_base = owns_base
+        self.tls = tls
+        self.tls_port: int | None = tls_port
         self._sbin = find_sbin()
         self._launched_at = time.monotonic()
 
     @classmethod
-    def create(cls, base_dir: Path | str | None = None, prefix: str = "tmq") -> LocalNode:
-        """A node with a fresh unique name; in a new temporary base directory if none given."""
+    def create(
+        cls, base_dir: Path | str | None = None, prefix: str = "tmq", tls: NodeTls | None = None
+    ) -> LocalNode:
+        """A node with a fresh unique name; in a new temporary base directory if none given.
+
+        With ``tls`` it also listens for AMQP over TLS (:meth:`amqps_url`).
+        """
         owns = base_dir is None
         base = make_base_dir(base_dir)
-        return cls(f"{prefix}{secrets.token_hex(3)}", base, owns_base=owns)
+        return cls(f"{prefix}{secrets.token_hex(3)}", base, owns_base=owns, tls=tls)
 
     # -- names and paths --------------------------------------------------------------------
 
@@ -311,6 +340,15 @@ class LocalNode:
     def amqp_url(self) -> str:
         """``amqp://guest:guest@127.0.0.1:PORT//`` (guest is allowed: the node is loopback-only)."""
         return f"amqp://guest:guest@127.0.0.1:{self._port()}//"
+
+    def amqps_url(self, host: str = TLS_HOSTS[0], user: str = "guest:guest@") -> str:
+        """``amqps://guest:guest@HOST:TLS_PORT//``: the TLS listener, by ``host``.
+
+        ``user`` is the URL's credentials part; ``""`` leaves them out (certificate login).
+        """
+        if self.tls is None or self.tls_port is None:
+            raise NodeError(f"node {self.name} has no TLS listener; create it with tls=")
+        return f"amqps://{user}{host}:{self.tls_port}//"
 
     def _port(self) -> int:
         if self.port is None:
@@ -372,13 +410,44 @@ class LocalNode:
             f"listeners.tcp.default = 127.0.0.1:{self._port()}\n"
             "loopback_users.guest = true\n"
             "log.file.level = info\n"
-            "log.console = false\n"
+            "log.console = false\n" + self._tls_config()
         )
         (self.dir / "advanced.config").write_text("[].\n")
         (self.dir / "enabled_plugins").write_text("[].\n")
         # An env file of its own, so the system one (NODENAME=rabbit@localhost) is not read.
         (self.dir / "rabbitmq-env.conf").write_text("# private node: settings come from env\n")
         _chown_to_rabbitmq(self.dir)
+
+    def _tls_config(self) -> str:
+        """The TLS listener's lines of rabbitmq.conf, its PEM files copied beside it."""
+        if self.tls is None:
+            return ""
+        if self.tls_port is None:
+            raise NodeError(f"node {self.name} has a TLS config but no TLS port")
+        tls_dir = self.dir / "tls"
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        copies = {}
+        for name, source in (
+            ("ca", self.tls.ca_file),
+            ("cert", self.tls.cert_file),
+            ("key", self.tls.key_file),
+        ):
+            copies[name] = tls_dir / f"{name}.pem"
+            shutil.copyfile(source, copies[name])
+            copies[name].chmod(0o600)
+        listeners = "".join(
+            f"listeners.ssl.{index} = {host}:{self.tls_port}\n"
+            for index, host in enumerate(TLS_HOSTS, start=1)
+        )
+        # verify_peer without fail_if_no_peer_cert: a client certificate is checked when
+        # one is shown, and clients without one log in with a password.
+        return (
+            listeners + f"ssl_options.cacertfile = {copies['ca']}\n"
+            f"ssl_options.certfile = {copies['cert']}\n"
+            f"ssl_options.keyfile = {copies['key']}\n"
+            "ssl_options.verify = verify_peer\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+        )
 
     def start(
         self, timeout_s: float = DEFAULT_START_TIMEOUT_S, enable_feature_flags: bool = True
@@ -395,7 +464,8 @@ class LocalNode:
         attempts = 3 if auto_ports else 1
         for attempt in range(1, attempts + 1):
             if auto_ports:
-                self.port, self.dist_port = pick_ports(2)
+                self.port, self.dist_port, *tls_port = pick_ports(3 if self.tls else 2)
+                self.tls_port = tls_port[0] if tls_port else None
             try:
                 self.launch()
                 self.wait_ready(timeout_s)

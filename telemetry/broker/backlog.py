@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from telemetry.broker.connect import failover_connection
+from telemetry.broker.connect import Broker
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import Topology
 from telemetry.config import Settings
@@ -34,7 +34,7 @@ def open_publisher(settings: Settings, compression: str | None = None) -> Confir
     one lost later is reconnected to, and every unconfirmed message sent again.
     """
     publisher = ConfirmingPublisher(
-        failover_connection(settings.broker_url),
+        Broker.of(settings).connection(),
         Topology.of(settings),
         compression=compression,
         connect_retries=10,
@@ -50,8 +50,8 @@ class QueueBacklog:
     no backlog: the publisher is already retrying, and backpressure is advisory.
     """
 
-    def __init__(self, broker_url: str, queue_name: str) -> None:
-        self._connection = failover_connection(broker_url)
+    def __init__(self, broker: Broker, queue_name: str) -> None:
+        self._connection = broker.connection()
         self._queue_name = queue_name
         self._channel: Any = None
 

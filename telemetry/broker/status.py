@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu import pidbox
 
-from telemetry.broker.connect import broker_errors, failover_connection
+from telemetry.broker.connect import Broker, broker_errors
 
 logger = logging.getLogger("telemetry.broker.status")
 
@@ -31,9 +31,9 @@ class StatusResponder:
     """Answers :data:`STATS_COMMAND` with ``status()``, from a thread of its own."""
 
     def __init__(
-        self, broker_url: str, node_name: str, status: Callable[[], Mapping[str, object]]
+        self, broker: Broker, node_name: str, status: Callable[[], Mapping[str, object]]
     ) -> None:
-        self._broker_url = broker_url
+        self._broker = broker
         self._node_name = node_name
         self._status = status
         self._stop = threading.Event()
@@ -54,7 +54,7 @@ class StatusResponder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            connection = failover_connection(self._broker_url)
+            connection = self._broker.connection()
             try:
                 self._listen(connection)
             except broker_errors(connection) as exc:

@@ -33,7 +33,7 @@ from typing import Any
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
-from telemetry.broker.connect import broker_errors, connect, unavailable
+from telemetry.broker.connect import Broker, broker_errors, connect, unavailable
 from telemetry.config import QueueType, Settings
 from telemetry.errors import BrokerUnavailable, PermanentError
 
@@ -184,41 +184,41 @@ class Topology:
 
 
 @contextmanager
-def topology_channel(broker_url: str, topology: Topology) -> Iterator[tuple[Connection, Any]]:
+def topology_channel(broker: Broker, topology: Topology) -> Iterator[tuple[Connection, Any]]:
     """A connection and a channel with the topology declared, for short operator commands.
 
     Raises :class:`BrokerUnavailable` with one readable line if the broker
     cannot be used, :class:`TopologyMismatch` if a queue exists with other
     arguments; the connection is released on the way out.
     """
-    connection = connect(broker_url)
+    connection = connect(broker)
     try:
         try:
             channel = connection.channel()
             topology.declare(channel)
         except broker_errors(connection) as exc:
-            raise unavailable(broker_url, exc) from exc
+            raise unavailable(broker, exc) from exc
         yield connection, channel
     finally:
         connection.release()
 
 
-def queue_consumers(broker_url: str, topology: Topology) -> int:
+def queue_consumers(broker: Broker, topology: Topology) -> int:
     """How many consumers the work queue has now."""
-    with topology_channel(broker_url, topology) as (_, channel):
+    with topology_channel(broker, topology) as (_, channel):
         name = topology.queue_name
         return int(channel.queue_declare(name, passive=True).consumer_count)
 
 
-def topology_problem(broker_url: str, topology: Topology) -> str | None:
+def topology_problem(broker: Broker, topology: Topology) -> str | None:
     """Why this topology cannot be declared on the broker (one line), or None if it can.
 
     None too when the broker cannot be reached now: a worker retries that.
     """
-    if broker_url.startswith("memory"):
+    if broker.in_memory:
         return None
     try:
-        with topology_channel(broker_url, topology):
+        with topology_channel(broker, topology):
             return None
     except TopologyMismatch as exc:
         return str(exc)

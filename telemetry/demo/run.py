@@ -24,6 +24,7 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
+from telemetry.broker.connect import Broker
 from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
@@ -228,7 +229,7 @@ def stall_diagnosis(settings: Settings) -> Callable[[], str]:
         if settings.broker_url.startswith("memory://"):
             return "the embedded worker stopped taking points; run with -v to see its log"
         try:
-            consumers = queue_consumers(settings.broker_url, Topology.of(settings))
+            consumers = queue_consumers(Broker.of(settings), Topology.of(settings))
         except BrokerUnavailable as exc:
             return f"the broker stopped answering ({exc})"
         if consumers > 1:

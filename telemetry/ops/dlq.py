@@ -17,6 +17,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from telemetry.broker.connect import Broker
 from telemetry.broker.messages import TaskMessage
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import ERROR_HEADER, Topology, topology_channel
@@ -87,21 +88,21 @@ def decoded_body(message: Any) -> Any:
 class DeadLetterQueue:
     """The dead-letter queue of one work queue."""
 
-    def __init__(self, broker_url: str, topology: Topology) -> None:
-        self.broker_url = broker_url
+    def __init__(self, broker: Broker, topology: Topology) -> None:
+        self.broker = broker
         self.topology = topology
         self.queue_name = topology.queue_name
         self.dead_name = topology.dead_name
 
     def count(self) -> int:
         """How many messages are dead-lettered."""
-        with topology_channel(self.broker_url, self.topology) as (_, channel):
+        with topology_channel(self.broker, self.topology) as (_, channel):
             return int(channel.queue_declare(self.dead_name, passive=True).message_count)
 
     def peek(self, limit: int | None = None) -> list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first; all stay in the queue."""
         letters: list[DeadLetter] = []
-        with topology_channel(self.broker_url, self.topology) as (connection, _):
+        with topology_channel(self.broker, self.topology) as (connection, _):
             # A channel of its own: closing it returns every unacked message.
             reader = connection.channel()
             while limit is None or len(letters) < limit:
@@ -119,7 +120,7 @@ class DeadLetterQueue:
     def replay(self, limit: int | None = None) -> int:
         """Move up to ``limit`` dead letters back to the work queue; return how many moved."""
         moved = 0
-        with topology_channel(self.broker_url, self.topology) as (connection, _):
+        with topology_channel(self.broker, self.topology) as (connection, _):
             reader = connection.channel()
             publisher = ConfirmingPublisher(connection.clone(), self.topology, window=1)
             publisher.open(retries=1)
@@ -139,7 +140,7 @@ class DeadLetterQueue:
 
     def purge(self) -> int:
         """Delete every dead letter; return how many there were."""
-        with topology_channel(self.broker_url, self.topology) as (_, channel):
+        with topology_channel(self.broker, self.topology) as (_, channel):
             return int(channel.queue_purge(self.dead_name) or 0)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from telemetry.broker.connect import Broker
 from telemetry.broker.status import STATS_COMMAND
 from telemetry.broker.topology import Topology, topology_channel
 from telemetry.config import Settings
@@ -19,10 +20,12 @@ def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
 
     Raises :class:`BrokerUnavailable` if the broker cannot be reached.
     """
-    from telemetry.worker.app import app  # the broadcast speaks Celery's control protocol
+    # The broadcast speaks Celery's control protocol, and publishes on the app's connections.
+    from telemetry.worker.app import app, configure_broker
 
+    configure_broker(app, settings)
     topology = Topology.of(settings)
-    with topology_channel(settings.broker_url, topology) as (connection, channel):
+    with topology_channel(Broker.of(settings), topology) as (connection, channel):
         depths = {
             name: int(channel.queue_declare(name, passive=True).message_count)
             for name in (topology.queue_name, topology.dead_name)

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Sequence
 
 from telemetry.broker.backlog import QueueBacklog, open_publisher
+from telemetry.broker.connect import Broker
 from telemetry.broker.status import StatusResponder
 from telemetry.config import Settings
 from telemetry.errors import ConfigError
@@ -67,14 +68,14 @@ def run_scrape(
     # The targets file is checked before anything connects: a typo is exit 2, not a hang.
     targets = scraper.load_targets()
     publisher = open_publisher(settings, compression)
-    backlog = QueueBacklog(settings.broker_url, settings.queue_name)
+    backlog = QueueBacklog(Broker.of(settings), settings.queue_name)
     health: HealthServer | None = None
     responder: StatusResponder | None = None
     try:
         health = _start_endpoints(settings.scraper_port, metrics)
         if answer_stats:
             responder = StatusResponder(
-                settings.broker_url,
+                Broker.of(settings),
                 f"scraper@{settings.instance_id}",
                 lambda: {**scraper.status(), "queue": settings.queue_name},
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from telemetry.broker.backlog import Backpressure, QueueBacklog, open_publisher
+from telemetry.broker.connect import Broker
 from telemetry.broker.messages import TaskMessage, build_task_message
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
@@ -242,7 +243,7 @@ def run_stream(
             total = min(total, options.limit)
         progress = ProgressBar(total, "streaming")
     publisher = open_publisher(settings, compression)
-    backlog = QueueBacklog(settings.broker_url, settings.queue_name)
+    backlog = QueueBacklog(Broker.of(settings), settings.queue_name)
     try:
         streamer = Streamer(
             publisher,

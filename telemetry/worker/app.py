@@ -26,7 +26,7 @@ import click
 from celery import Celery, current_task, signals
 from celery.worker.control import inspect_command
 
-from telemetry.broker.connect import login_refused
+from telemetry.broker.connect import Broker, login_refused
 from telemetry.broker.topology import Topology, topology_problem
 from telemetry.config import (
     Settings,
@@ -44,6 +44,7 @@ from telemetry.worker import celery_settings, runtime
 from telemetry.worker.celery_internals import (
     CELERY_DEFAULT_NODENAME,
     BaseWorker,
+    TelemetryAMQP,
     import_from_working_directory,
     pool_forks,
 )
@@ -68,8 +69,18 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     app.conf.task_default_queue = settings.queue_name
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name
+    configure_broker(app, settings)
     runtime.configure(settings)
     return threads
+
+
+def configure_broker(app: Celery, settings: Settings) -> None:
+    """Point the app's own connections (consumer, events, control broadcasts) at the
+    settings' broker, with the TLS options every other broker connection gets."""
+    broker = Broker.of(settings)
+    app.conf.broker_url = broker.url
+    app.conf.broker_use_ssl = broker.ssl_option()
+    app.conf.broker_login_method = broker.login_method()
 
 
 class TelemetryWorker(BaseWorker):
@@ -87,12 +98,9 @@ class TelemetryWorker(BaseWorker):
             print(f"telemetry worker: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         # A refused login would be retried forever, a line every few seconds: say it once.
-        refused = (
-            None
-            if settings.broker_url.startswith("memory://")
-            else login_refused(settings.broker_url)
-        )
-        problem = refused or topology_problem(settings.broker_url, Topology.of(settings))
+        broker = Broker.of(settings)
+        refused = None if broker.in_memory else login_refused(broker)
+        problem = refused or topology_problem(broker, Topology.of(settings))
         if problem is not None:
             print(f"telemetry worker: {problem}", file=sys.stderr)
             raise SystemExit(1)
@@ -114,7 +122,10 @@ class TelemetryWorker(BaseWorker):
 
 
 class TelemetryCelery(Celery):  # type: ignore[misc]
-    """A Celery app whose ``Worker`` is :class:`TelemetryWorker`."""
+    """A Celery app whose ``Worker`` is :class:`TelemetryWorker` and whose broker
+    connections are :class:`~telemetry.broker.connect.BrokerConnection`."""
+
+    amqp_cls = TelemetryAMQP
 
     @cached_property
     def Worker(self) -> type[TelemetryWorker]:

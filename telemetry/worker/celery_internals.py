@@ -48,7 +48,11 @@ used only in this module:
 * ``celery.utils.saferepr.saferepr``, so a batch's task results read in
   Flower exactly as the per-task path's do (Celery's ``resultrepr_maxsize``);
 * ``celery.utils.imports.import_from_cwd``, to find the user's ``celeryconfig``
-  in the working directory the way Celery finds config modules.
+  in the working directory the way Celery finds config modules;
+* ``celery.app.amqp.AMQP`` and its ``Connection`` attribute, the class Celery
+  makes every broker connection with (:class:`TelemetryAMQP` puts the
+  collector's :class:`~telemetry.broker.connect.BrokerConnection` there, so
+  the worker's connections get TLS options per failover host).
 
 ``tests/test_celery_internals.py`` checks that each of them is still where
 this module expects it, so a Celery upgrade that moves one fails a test
@@ -74,6 +78,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 
 from amqp.exceptions import RecoverableConnectionError
 from amqp.transport import TCPTransport
+from celery.app.amqp import AMQP
 from celery.apps import worker as celery_apps_worker
 from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.utils.imports import import_from_cwd
@@ -85,6 +90,8 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
+
+from telemetry.broker.connect import BrokerConnection
 
 logger = logging.getLogger("telemetry.celery")
 
@@ -950,3 +957,10 @@ def result_text(result: Any) -> str:
     """A task result as Celery writes it into a ``task-succeeded`` event."""
     text: str = saferepr(result, RESULT_REPR_MAX_CHARS)
     return text
+
+
+class TelemetryAMQP(AMQP):  # type: ignore[misc]
+    """Celery's AMQP helper, making every broker connection a :class:`BrokerConnection`."""
+
+    Connection = BrokerConnection
+    BrokerConnection = BrokerConnection
