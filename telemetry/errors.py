@@ -74,3 +74,22 @@ class StorageUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     """Raised when the message broker cannot be reached, refuses the login or a publish."""
+
+
+# MongoDB's AuthenticationFailed: a wrong user name or password, or the wrong mechanism.
+AUTHENTICATION_FAILED = 18
+# pymongo appends the server's whole reply, its time-outs and the topology to a message;
+# the cause comes first.
+_PYMONGO_TAILS = (", full error: ", ", Timeout: ", " (configured timeouts")
+
+
+def database_problem(text: str, code: object = None) -> str:
+    """A pymongo error's message in one short line, with what to check for a refused login
+    or certificate. pymongo never puts the URI's password in a message."""
+    for tail in _PYMONGO_TAILS:
+        text = text.split(tail, 1)[0]
+    if code == AUTHENTICATION_FAILED or "authentication failed" in text.lower():
+        return f"login refused ({text}): check the user name and password in MONGODB_URI"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"{text}: check tls=true and tlsCAFile in MONGODB_URI"
+    return text

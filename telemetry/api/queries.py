@@ -59,6 +59,7 @@ from telemetry.api.schemas import (
     TelemetryPoint,
 )
 from telemetry.config import Settings
+from telemetry.errors import database_problem
 from telemetry.store.mongo import MIG_INSTANCES, instance_of_key
 
 # The server-side time limit of one query, in milliseconds, unless create_app is told another.
@@ -115,10 +116,15 @@ def translated_errors() -> Iterator[None]:
         raise ApiError(
             503, "query_timeout", f"the database did not finish within the time limit: {exc}"
         ) from exc
-    except (ConnectionFailure, AutoReconnect) as exc:
-        raise ApiError(503, "database_unavailable", f"the database is unreachable: {exc}") from exc
     except PyMongoError as exc:
-        raise ApiError(500, "database_error", f"the database refused the query: {exc}") from exc
+        problem = database_problem(str(exc), getattr(exc, "code", None))
+        if problem.startswith("login refused"):
+            raise ApiError(503, "database_login_refused", f"database {problem}") from exc
+        if isinstance(exc, ConnectionFailure | AutoReconnect):
+            raise ApiError(
+                503, "database_unavailable", f"the database is unreachable: {problem}"
+            ) from exc
+        raise ApiError(500, "database_error", f"the database refused the query: {problem}") from exc
 
 
 @dataclass

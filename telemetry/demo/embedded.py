@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -38,18 +39,27 @@ class SecantusServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_path: Path | None = None,
+        extra_args: Sequence[str] = (),
+        uri_options: Mapping[str, str] | None = None,
     ) -> None:
+        """``extra_args`` go to ``python -m secantus`` (``--auth``, ``--tls-cert-file`` …);
+        ``uri_options`` join the URI's query, for what those ask of a client (``tls``,
+        ``tlsCAFile``)."""
         self.storage_path = str(storage_path)
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.uri_options = dict(uri_options or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def uri(self) -> str:
         """The URI to connect with; retryable writes are off, as SecantusDB is slow with them."""
-        return f"mongodb://{self.host}:{self.port}/?retryWrites=false"
+        options = {"retryWrites": "false", **self.uri_options}
+        query = "&".join(f"{name}={value}" for name, value in options.items())
+        return f"mongodb://{self.host}:{self.port}/?{query}"
 
     @property
     def pid(self) -> int | None:
@@ -82,6 +92,7 @@ class SecantusServer:
                 self.storage_path,
                 "--log-level",
                 "WARNING",
+                *self.extra_args,
             ],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,

@@ -30,7 +30,7 @@ from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import BrokerUnavailable, StorageUnavailable, TelemetryError
 from telemetry.observe.stats import STATS
-from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.store.mongo import MongoTelemetryStore, check_database
 from telemetry.streamer.progress import ProgressBar
 from telemetry.streamer.run import StreamOptions, StreamReport, TimestampMode, run_stream
 from telemetry.worker import runtime
@@ -264,6 +264,8 @@ def choose_backends(settings: Settings, data_dir: Path) -> DemoBackends:
         settings = settings.model_copy(update={"mongodb_uri": server.uri})
     else:
         print(f"Database: {masked(settings.mongodb_uri)}")
+        # Now, in one line, rather than a worker log line and then the demo's own.
+        check_database(settings)
     broker = settings.broker_url if settings.given("broker_url") else IN_PROCESS_BROKER
     settings = settings.model_copy(update={"broker_url": broker})
     in_process = " (in-process)" if broker == IN_PROCESS_BROKER else ""

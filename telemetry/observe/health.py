@@ -31,7 +31,12 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
 from telemetry.config import Settings
-from telemetry.errors import BrokerUnavailable, StorageUnavailable, TelemetryError
+from telemetry.errors import (
+    BrokerUnavailable,
+    StorageUnavailable,
+    TelemetryError,
+    database_problem,
+)
 from telemetry.observe import metrics
 from telemetry.observe.stats import STATS
 
@@ -78,9 +83,10 @@ class DatabaseCheck:
         try:
             client.admin.command("ping")
         except PyMongoError as exc:
-            # Server selection errors go on with the whole topology; the cause comes first.
-            cause = str(exc).split(", Timeout: ", 1)[0]
-            raise StorageUnavailable(f"database unreachable: {cause}") from exc
+            problem = database_problem(str(exc), getattr(exc, "code", None))
+            if problem.startswith("login refused"):
+                raise StorageUnavailable(f"database {problem}") from exc
+            raise StorageUnavailable(f"database unreachable: {problem}") from exc
 
     def close(self) -> None:
         """Close the client, if one was made."""

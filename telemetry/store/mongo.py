@@ -28,13 +28,17 @@ from pymongo.errors import (
 )
 from pymongo.uri_parser import parse_uri
 
-from telemetry.config import Settings
-from telemetry.errors import StorageRejected, StorageUnavailable
+from telemetry.config import Settings, masked
+from telemetry.errors import StorageRejected, StorageUnavailable, database_problem
 from telemetry.models import GpuMetadata, Point, parse_labels
 
 # Server error codes that mean "not now" rather than "never": shutdowns,
-# elections, interrupted operations and time-outs.
-TRANSIENT_CODES = frozenset({6, 7, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# elections, interrupted operations and time-outs; and a refused login (18) or a
+# missing role (13): settings to fix, never the message's fault, so never dead-lettered
+# at once.
+TRANSIENT_CODES = frozenset(
+    {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+)
 RAW_MESSAGE_MAX_CHARS = 16_384
 DUPLICATE_KEY = 11000
 
@@ -222,9 +226,10 @@ def translated_errors(action: str) -> Iterator[None]:
     try:
         yield
     except PyMongoError as exc:
+        problem = database_problem(str(exc), getattr(exc, "code", None))
         if is_transient(exc):
-            raise StorageUnavailable(f"{action}: {exc}") from exc
-        raise StorageRejected(f"{action}: {exc}") from exc
+            raise StorageUnavailable(f"{action}: {problem}") from exc
+        raise StorageRejected(f"{action}: {problem}") from exc
 
 
 class MongoTelemetryStore:
@@ -382,6 +387,20 @@ def open_store(settings: Settings) -> MongoTelemetryStore:
         settings.mongodb_uri, tz_aware=True, **options
     )
     return MongoTelemetryStore(client[settings.mongodb_db], settings)
+
+
+def check_database(settings: Settings) -> None:
+    """Raise :class:`StorageUnavailable` in one line unless the database takes our login
+    (and certificate check) and lets us create the indexes; on a client of its own."""
+    store = open_store(settings)
+    try:
+        store.ensure_indexes()
+    except (StorageUnavailable, StorageRejected) as exc:
+        problem = str(exc).removeprefix("creating indexes: ")
+        where = masked(settings.mongodb_uri)
+        raise StorageUnavailable(f"cannot use the database at {where}: {problem}") from exc
+    finally:
+        store.database.client.close()
 
 
 def uri_options(uri: str) -> dict[str, Any]:
