@@ -23,10 +23,10 @@ demo: $(STAMP)
 
 ## Unit tests (mongomock) and integration tests (RabbitMQ on 127.0.0.1:5672, SecantusDB);
 ## then the worker and fault tests again with BATCH_SIZE=1 on classic queues (the cluster
-## scenario, on quorum queues by design, runs once).
+## scenario, on quorum queues by design, and the TLS scenarios run once).
 test: $(STAMP) browser
 	$(PY) -m pytest
-	TEST_BATCH_SIZE=1 TEST_QUEUE_TYPE=classic $(PY) -m pytest -m "not cluster" tests/integration/test_worker.py tests/integration/test_faults_*.py
+	TEST_BATCH_SIZE=1 TEST_QUEUE_TYPE=classic $(PY) -m pytest -m "not cluster and not tls" tests/integration/test_worker.py tests/integration/test_faults_*.py
 
 ## Only the fault-injection suite (part of `make test` too); see docs/reliability.md.
 faults: $(STAMP)
