@@ -200,6 +200,15 @@ class Settings(BaseModel):
         flags=("worker",),
         ge=1,
     )
+    max_message_bytes: int = setting(
+        262_144,
+        env="MAX_MESSAGE_BYTES",
+        help="A message whose body is longer than this is refused before it is decoded: "
+        "recorded in 'rejected' as oversize, acked, never retried. A point's message is "
+        "about 1 KB, the largest valid one about 70 KB.",
+        flags=("worker",),
+        ge=1024,
+    )
     max_retries: int = setting(
         5,
         env="MAX_RETRIES",

@@ -49,6 +49,8 @@ class RejectionKind(enum.StrEnum):
     INVALID_TASK = "invalid_task"
     BAD_SHAPE = "bad_shape"
     NOT_A_TASK = "not_a_task"
+    OVERSIZE = "oversize"
+    UNKNOWN_TASK = "unknown_task"
 
 
 class InvalidMessage(PermanentError):

@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
+from telemetry.config import load_settings
 from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker import celery_internals
 from telemetry.worker import consumer as consumer_module
 from telemetry.worker.consumer import TelemetryConsumer, message_id, raw_body
 
@@ -84,3 +86,49 @@ def test_binary_body_is_kept_as_text() -> None:
     message = FakeMessage(b"ok \xff", {"id": "x"})
     assert raw_body(message) == "ok \ufffd"
     assert message_id(message) == "x"
+
+
+def test_only_the_collectors_task_gets_a_message_handler(
+    bare_consumer: TelemetryConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from telemetry.worker.tasks import app  # the task module registers telemetry.ingest
+
+    # given: Celery's handlers for every registered task, its built-in ones included
+    def every_task(consumer: Any) -> None:
+        consumer.strategies.update({name: object() for name in app.tasks})
+
+    monkeypatch.setattr(celery_internals.Consumer, "update_strategies", every_task)
+    bare_consumer.strategies = {}
+    assert {"celery.map", "celery.chord_unlock", "celery.backend_cleanup"} <= set(app.tasks)
+    # when
+    bare_consumer.update_strategies()
+    # then: a message naming any other task finds no handler (an unknown task)
+    assert set(bare_consumer.strategies) == {"telemetry.ingest"}
+
+
+def test_an_oversize_body_is_recorded_by_its_start_and_acked(
+    bare_consumer: TelemetryConsumer, mock_store: MongoTelemetryStore, stats: Stats
+) -> None:
+    # given
+    message = FakeMessage(b"[" * 5_000_000, {"task": "telemetry.ingest", "id": "big-1"})
+    # when
+    bare_consumer.on_bad_message(message, "message body of 5000000 is over", "oversize")
+    # then
+    assert message.acked
+    record = mock_store.database["rejected"].find_one()
+    assert record is not None
+    assert (record["kind"], record["message_id"], record["truncated"]) == (
+        "oversize",
+        "big-1",
+        True,
+    )
+    assert stats.snapshot()["messages_errors"] == 1
+
+
+def test_the_body_bound_is_the_max_message_bytes_setting(
+    bare_consumer: TelemetryConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(env={"MAX_MESSAGE_BYTES": "4096"})
+    monkeypatch.setattr(consumer_module.runtime, "current_settings", lambda: settings)
+    assert bare_consumer.max_body_length() == 4096
+    assert load_settings(env={}).max_message_bytes == 262_144

@@ -77,6 +77,7 @@ TEXT_SAMPLES = {
     "scrape_targets_file": "/etc/telemetry/targets.yml",
     "scrape_honor_timestamps": "true",
     "scrape_max_body_bytes": "2048",
+    "max_message_bytes": "2048",
     "scrape_shard": "1/3",
     "broker_tls_ca_file": str(SAMPLE_PEM),
     "broker_tls_cert_file": str(SAMPLE_PEM),

@@ -16,9 +16,10 @@ used only in this module:
   batch path takes there skips Celery's handler, so its ack and reject
   promises are made as Celery makes them, with ``call_soon_ack``,
   ``on_task_message`` and ``_restore_prefetch_count_after_connection_restart``),
-  ``connection_for_write`` / ``ensure_connected``, and the hooks
-  ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
-  ``on_unknown_task``;
+  ``connection_for_write`` / ``ensure_connected``, ``update_strategies``
+  and the ``strategies`` it fills (one message handler per task name, the
+  only way a message reaches a task), and the hooks ``on_decode_error``,
+  ``on_invalid_task``, ``on_unknown_message`` and ``on_unknown_task``;
 * the consumer's ``connect`` and ``hub`` (``add_reader``), to wake the loop
   on signals (:class:`SignalWakeup`) and to read its
   socket with a :class:`DrainingReader` instead of kombu's
@@ -67,6 +68,7 @@ import json
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -520,7 +522,17 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
     body that is not ``[args, kwargs, embed]`` makes its request parsing
     raise in the consumer itself, which stops the whole worker
     ("Unrecoverable error", seen with ``{"a": 1}``). Subclasses decide.
+
+    Two more refusals, before any decoding: a body longer than
+    :meth:`max_body_length` is a bad message (``oversize``), and only the
+    tasks in :attr:`accepted_tasks` get a message handler. Celery registers
+    its built-in tasks (``celery.map``, ``celery.chain``, ``celery.chord_unlock``,
+    ``celery.backend_cleanup``, …) in every app; a message naming one of them
+    is an unknown task here (:meth:`on_unknown_task`), never run.
     """
+
+    accepted_tasks: ClassVar[frozenset[str] | None] = None
+    """The only task names a message may run; None runs every registered task."""
 
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         """Celery's consumer steps without ``DelayedDelivery``."""
@@ -557,6 +569,24 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     def on_arrival(self, message: Any) -> None:
         """Called once for every message taken from the queue."""
+
+    def max_body_length(self) -> int | None:
+        """The longest body a message may have (bytes, or characters once py-amqp has
+        decoded it as UTF-8 text); None for no bound. Asked once per connection."""
+        return None
+
+    def update_strategies(self) -> None:
+        """Celery's message handlers, for :attr:`accepted_tasks` only.
+
+        Any other name, Celery's built-in tasks included, then finds no
+        handler, and Celery's handler calls :meth:`on_unknown_task` for it:
+        nothing per message is added to do so.
+        """
+        super().update_strategies()
+        accepted = self.accepted_tasks
+        if accepted is not None:
+            for name in [name for name in self.strategies if name not in accepted]:
+                del self.strategies[name]
 
     def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
         """Called for a message that can never become a task; it is not settled yet."""
@@ -595,12 +625,21 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         """Celery's message handler, seeing every message first and safe against bad shapes."""
         handle = super().create_task_handler(*args, **kwargs)
         takers = self.takers
+        longest = self.max_body_length()
+        limit = sys.maxsize if longest is None else longest
 
         def on_task_received(message: Any) -> Any:
             unsettled = self.unsettled
             if unsettled is not None:
                 unsettled.arrived(message)
             self.on_arrival(message)
+            if len(message.body) > limit:
+                self.on_bad_message(
+                    message,
+                    f"message body of {len(message.body)} is over the bound of {limit}",
+                    "oversize",
+                )
+                return None
             decode_plain_json(message)
             problem = body_shape_problem(message)
             if problem is not None:

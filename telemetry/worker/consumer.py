@@ -6,16 +6,25 @@ never become a task (an undecodable body, a disallowed content type, no task
 header, a body of the wrong shape) is recorded in ``rejected``, counted in
 ``messages_errors`` and acked, so nothing loops and an operator can see what
 arrived. If even the record cannot be written, the message is rejected to
-the dead-letter queue instead, so it is never lost.
+the dead-letter queue instead, so it is never lost. A body longer than
+``MAX_MESSAGE_BYTES`` is such a message too (``oversize``), refused before it
+is decoded.
+
+Only ``telemetry.ingest`` runs: a message naming any other task, one of
+Celery's built-in tasks included, is dead-lettered (``unknown_task``), never
+executed.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
+from telemetry.broker.topology import TASK_NAME
 from telemetry.errors import RejectionKind
+from telemetry.observe import metrics
 from telemetry.observe.stats import STATS
+from telemetry.store.mongo import RAW_MESSAGE_MAX_CHARS
 from telemetry.worker import runtime
 from telemetry.worker.celery_internals import GuardedConsumer
 from telemetry.worker.ingest import reject_undecodable
@@ -23,12 +32,17 @@ from telemetry.worker.ingest import reject_undecodable
 logger = logging.getLogger("telemetry.consumer")
 
 
+# Enough of a body to fill the record and to tell that it was cut (4 bytes per character).
+_RAW_KEPT_CHARS = RAW_MESSAGE_MAX_CHARS + 1
+
+
 def raw_body(message: Any) -> str:
-    """The message body as text, whatever its encoding."""
+    """The start of the message body as text, whatever its encoding: as much as
+    ``rejected`` keeps and a little more, so an oversize body is never copied whole."""
     body = message.body
     if isinstance(body, bytes | bytearray):
-        return bytes(body).decode("utf-8", errors="replace")
-    return str(body)
+        return bytes(body[: 4 * _RAW_KEPT_CHARS]).decode("utf-8", errors="replace")
+    return str(body)[:_RAW_KEPT_CHARS]
 
 
 def message_id(message: Any) -> str | None:
@@ -41,6 +55,12 @@ def message_id(message: Any) -> str | None:
 
 class TelemetryConsumer(GuardedConsumer):
     """Celery's consumer, with arrivals counted and bad messages recorded instead of only logged."""
+
+    accepted_tasks: ClassVar[frozenset[str] | None] = frozenset({TASK_NAME})
+
+    def max_body_length(self) -> int:
+        """``MAX_MESSAGE_BYTES``."""
+        return runtime.current_settings().max_message_bytes
 
     def on_arrival(self, message: Any) -> None:
         """Count every message taken from the queue, once."""
@@ -70,5 +90,14 @@ class TelemetryConsumer(GuardedConsumer):
         message.ack()
 
     def on_unknown_task_name(self, message: Any) -> None:
-        """A task this worker does not know is dead-lettered (it may be valid elsewhere)."""
+        """A task this worker does not run is dead-lettered, never run (another version may
+        know the name; an operator sees it in ``telemetry dlq list``)."""
+        headers = message.headers or {}
+        logger.warning(
+            "Dead-lettering message %s: task %r is not one this collector runs (%s)",
+            message_id(message),
+            str(headers.get("task"))[:200],
+            RejectionKind.UNKNOWN_TASK.value,
+        )
+        metrics.count_error(RejectionKind.UNKNOWN_TASK)
         STATS.incr("dead_lettered")
