@@ -56,7 +56,7 @@ class ConfirmingPublisher:
         self.confirmed = 0
 
     def open(self, retries: int | None = None) -> None:
-        """Connect, declare the queues and switch the channel to confirm mode.
+        """Connect, make sure the queues exist and switch the channel to confirm mode.
 
         Raises :class:`BrokerUnavailable` if the broker cannot be reached
         after ``retries`` more tries (default: the reconnect budget).
@@ -68,17 +68,19 @@ class ConfirmingPublisher:
                 interval_step=1,
                 interval_max=5,
             )
-            self._channel = self._connection.channel()
-            self._topology.declare(self._channel)
+            self._channel = self._topology.ensure(self._connection)
             self._confirms = hasattr(self._channel, "confirm_select")
             if self._confirms:
                 self._channel.confirm_select()
                 self._channel.events["basic_ack"].add(self._on_ack)
                 self._channel.events["basic_nack"].add(self._on_nack)
+            # No declare of its own: ensure() did what this account may do, and a
+            # producer's account may not declare the exchange (it may only publish).
             self._producer = Producer(
                 self._channel,
                 exchange=self._topology.work_queue().exchange,
                 routing_key=self._topology.queue_name,
+                auto_declare=False,
             )
             direct = self._compression is None and isinstance(self._channel, amqp.Channel)
             self._amqp_exchange = self._producer.exchange.name if direct else None

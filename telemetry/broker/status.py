@@ -5,6 +5,12 @@
 node of its own, through kombu's public pidbox API, and answers only the
 collector's own command: Flower's and ``celery inspect``'s commands are left
 unanswered, so the scraper never shows up to them as a broken worker.
+
+It declares nothing but its own node queue: the mailbox exchange is checked
+passively (the workers declare it) and replies are published without
+declaring the reply exchange (the asker declared it). So the producer account
+a scraper runs with needs no configure right on either, and no write right on
+the mailbox (docs/security.md#accounts-and-permissions).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kombu import pidbox
+from kombu import Exchange, Producer, pidbox
 
 from telemetry.broker.connect import Broker, broker_errors
 
@@ -25,6 +31,20 @@ STATS_COMMAND = "telemetry_stats"
 CONTROL_EXCHANGE = "celery"
 """Celery's default ``control_exchange``: the mailbox is ``celery.pidbox``."""
 RECONNECT_AFTER_S = 2.0
+
+
+class ReplyingNode(pidbox.Node):  # type: ignore[misc]
+    """A mailbox node whose replies go out without declaring the reply exchange."""
+
+    def reply(self, data: Any, exchange: str, routing_key: str, ticket: str, **_: Any) -> None:
+        """Publish ``data`` to the asker's reply queue, as kombu's node does, minus the declare."""
+        Producer(self.channel, auto_declare=False).publish(
+            data,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers={"ticket": ticket, "clock": self.mailbox.clock.forward()},
+            serializer="json",
+        )
 
 
 class StatusResponder:
@@ -58,7 +78,8 @@ class StatusResponder:
             try:
                 self._listen(connection)
             except broker_errors(connection) as exc:
-                logger.warning("Status replies paused: broker connection lost (%s)", exc)
+                # A lost connection, or no mailbox yet: no worker has ever started.
+                logger.warning("Status replies paused: %s", exc)
                 self._stop.wait(RECONNECT_AFTER_S)
             finally:
                 connection.release()
@@ -67,11 +88,19 @@ class StatusResponder:
         mailbox = pidbox.Mailbox(
             CONTROL_EXCHANGE, type="fanout", accept=["json"], serializer="json"
         )(connection)
+        mailbox.exchange = Exchange(
+            mailbox.exchange.name,
+            type="fanout",
+            durable=False,
+            delivery_mode="transient",
+            passive=True,
+        )
         channel = connection.channel()
-        node = mailbox.Node(
+        node = ReplyingNode(
             self._node_name,
             channel=channel,
             handlers={STATS_COMMAND: lambda state: dict(self._status())},
+            mailbox=mailbox,
         )
 
         def on_message(body: Any, message: Any) -> None:

@@ -8,7 +8,8 @@
                      │                     ▼
                      │   exchange <q>.dlx ──(<q>.dead)──► queue <q>.dead
                      │
-                     └── expired ── queue <q>.retry.<ms>ms ◄── a retry copy, from the worker
+                     └── expired ── queue <q>.retry.<ms>ms ◄── exchange <q>.retry ◄── a retry
+                                                                             copy, from the worker
 
 ``QUEUE_TYPE`` makes the queues classic or quorum (replicated, with a delivery
 limit). With quorum, dead-lettering is at-least-once, so a dead letter is never
@@ -17,10 +18,18 @@ attempt until its time-to-live runs out, then RabbitMQ dead-letters it back to
 the work queue: the same on both queue types, with no ETA held in a worker and
 no whole-second rounding (Celery's native delayed delivery needs both).
 
-Every queue is declared by everything that publishes or consumes, because
-RabbitMQ drops a dead letter whose exchange has no bound queue. Every
-declaration of a queue must carry the same arguments, or RabbitMQ refuses it
-(:class:`TopologyMismatch`), so this module is the only place that builds them.
+Retry copies go through an exchange of their own, never RabbitMQ's default
+exchange: the right to publish to that one (``amq.default``) is the right to
+publish into every queue of the virtual host, a worker's control mailbox
+included (docs/security.md#accounts-and-permissions).
+
+Everything that publishes or consumes makes sure the topology exists before
+it starts, because RabbitMQ drops a dead letter whose exchange has no bound
+queue (:meth:`Topology.ensure`): an account that may configure the queues
+declares them; one that may not (a producer's, an operator's) checks that
+they exist, which needs no rights. Every declaration of a queue must carry the
+same arguments, or RabbitMQ refuses it (:class:`TopologyMismatch`), so this
+module is the only place that builds them.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from amqp.exceptions import PreconditionFailed
+from amqp.exceptions import AccessRefused, NotFound, PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
 from telemetry.broker.connect import Broker, broker_errors, connect, unavailable
@@ -41,10 +50,15 @@ TASK_NAME = "telemetry.ingest"
 # Set on every retry copy: the error that made the worker retry.
 ERROR_HEADER = "x-telemetry-error"
 MIGRATION_DOC = "docs/scaling.md#changing-the-queue-type"
+ACCOUNTS_DOC = "docs/security.md#accounts-and-permissions"
 
 
 class TopologyMismatch(PermanentError):
     """Raised when a queue exists with other arguments (another type or delivery limit)."""
+
+
+class TopologyMissing(PermanentError):
+    """Raised when a queue or exchange is missing and this account may not declare it."""
 
 
 def dead_queue_name(queue_name: str) -> str:
@@ -55,6 +69,11 @@ def dead_queue_name(queue_name: str) -> str:
 def dead_exchange_name(queue_name: str) -> str:
     """The exchange that routes ``queue_name``'s dead letters."""
     return f"{queue_name}.dlx"
+
+
+def retry_exchange_name(queue_name: str) -> str:
+    """The exchange that routes ``queue_name``'s retry copies to their delay queues."""
+    return f"{queue_name}.retry"
 
 
 def retry_ceilings_ms(settings: Settings) -> list[int]:
@@ -140,6 +159,7 @@ class Topology:
         }
         return Queue(
             f"{self.queue_name}.retry.{ceiling_ms}ms",
+            Exchange(retry_exchange_name(self.queue_name), type="direct", durable=True),
             routing_key=f"{self.queue_name}.retry.{ceiling_ms}ms",
             durable=True,
             queue_arguments=self._typed(arguments, dead_letters=True),
@@ -157,6 +177,14 @@ class Topology:
         """The names of every queue of this topology."""
         return [self.queue_name, self.dead_name, *(q.name for q in self.retry_queues())]
 
+    def exchange_names(self) -> list[str]:
+        """The names of every exchange of this topology."""
+        return [
+            self.queue_name,
+            dead_exchange_name(self.queue_name),
+            retry_exchange_name(self.queue_name),
+        ]
+
     def declare(self, channel: Any) -> None:
         """Declare every exchange, queue and binding on ``channel``.
 
@@ -168,6 +196,52 @@ class Topology:
                 queue(channel).declare()
             except PreconditionFailed as exc:
                 raise self.mismatch(queue.name, exc) from exc
+
+    def check(self, channel: Any) -> None:
+        """Check passively that the work queue and its dead letters' path exist (this needs
+        no rights).
+
+        The delay queues are not checked: their names follow the retry settings,
+        which are the workers' (a worker declares its own). Raises
+        :class:`TopologyMissing` naming the first one missing; the channel is
+        closed by RabbitMQ then.
+        """
+        for name in (self.queue_name, dead_exchange_name(self.queue_name)):
+            try:
+                channel.exchange_declare(name, "direct", passive=True)
+            except NotFound as exc:
+                raise self.missing("exchange", name) from exc
+        for name in (self.queue_name, self.dead_name):
+            try:
+                channel.queue_declare(name, passive=True)
+            except NotFound as exc:
+                raise self.missing("queue", name) from exc
+
+    def ensure(self, connection: Connection) -> Any:
+        """A channel of ``connection`` on which the whole topology is known to exist.
+
+        Declared if this account may configure the queues (a worker's; guest in
+        development); else checked passively: a producer's or an operator's
+        account relies on a worker, or ``tools/rabbitmq_accounts.py``, having
+        declared it. Raises :class:`TopologyMismatch` or :class:`TopologyMissing`.
+        """
+        channel = connection.channel()
+        try:
+            self.declare(channel)
+            return channel
+        except AccessRefused:
+            pass  # RabbitMQ closed that channel: check on a new one
+        channel = connection.channel()
+        self.check(channel)
+        return channel
+
+    def missing(self, kind: str, name: str) -> TopologyMissing:
+        """The one-line error for a queue or exchange this account cannot declare."""
+        return TopologyMissing(
+            f"{kind} {name!r} does not exist, and this broker account may not declare it: "
+            f"start a worker once, or create the layout with python -m tools.rabbitmq_accounts "
+            f"({ACCOUNTS_DOC})"
+        )
 
     def mismatch(self, queue_name: str, exc: BaseException) -> TopologyMismatch:
         """The one-line error for a queue that exists with other arguments."""
@@ -185,7 +259,7 @@ class Topology:
 
 @contextmanager
 def topology_channel(broker: Broker, topology: Topology) -> Iterator[tuple[Connection, Any]]:
-    """A connection and a channel with the topology declared, for short operator commands.
+    """A connection and a channel with the topology ensured, for short operator commands.
 
     Raises :class:`BrokerUnavailable` with one readable line if the broker
     cannot be used, :class:`TopologyMismatch` if a queue exists with other
@@ -194,8 +268,7 @@ def topology_channel(broker: Broker, topology: Topology) -> Iterator[tuple[Conne
     connection = connect(broker)
     try:
         try:
-            channel = connection.channel()
-            topology.declare(channel)
+            channel = topology.ensure(connection)
         except broker_errors(connection) as exc:
             raise unavailable(broker, exc) from exc
         yield connection, channel

@@ -112,6 +112,11 @@ class TelemetryWorker(BaseWorker):
         kwargs["concurrency"] = apply_settings(celery_app, settings, kwargs.get("concurrency"))
         if kwargs.get("prefetch_multiplier") is None:
             kwargs["prefetch_multiplier"] = celery_app.conf.worker_prefetch_multiplier
+        # Mingle broadcasts to the control mailbox at start, and gossip binds a queue to
+        # every worker's events: the collector uses neither, and without them the worker's
+        # account needs no right to publish to celery.pidbox (docs/security.md).
+        kwargs["without_mingle"] = True
+        kwargs["without_gossip"] = True
         if hostname in (None, CELERY_DEFAULT_NODENAME):
             hostname = f"telemetry@{settings.instance_id}"
         super().__init__(app=app, hostname=hostname, **kwargs)

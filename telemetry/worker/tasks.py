@@ -84,11 +84,16 @@ def ingest_task(self: IngestTask, *args: Any, **kwargs: Any) -> str:
     # work queue after ``delay``: no countdown, so no ETA held in a worker and no
     # whole-second rounding (Celery's native delayed delivery on quorum queues).
     # It carries the error, so a dead letter says why it died.
+    delay_queue = Topology.of(settings).retry_queue(attempt)
     raise self.retry(
         exc=exc,
         countdown=0,
         max_retries=settings.max_retries,
-        queue=Topology.of(settings).retry_queue(attempt),
+        queue=delay_queue,
+        # Named, or Celery would publish through the default exchange, which the
+        # worker's account may not write to (docs/security.md).
+        exchange=delay_queue.exchange.name,
+        routing_key=delay_queue.routing_key,
         expiration=delay,
         headers={ERROR_HEADER: f"{type(exc).__name__}: {exc}"[:1000]},
     )

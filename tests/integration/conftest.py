@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,12 @@ from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import Topology, dead_exchange_name
+from telemetry.broker.topology import Topology
 from telemetry.config import ENV_NAMES, Settings, load_settings
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
+from tools import rabbitmq_accounts
 from tools.launchers import (
     FlowerProcess,
     WorkerProcess,
@@ -102,7 +106,7 @@ def queue_name(broker_url: str) -> Iterator[str]:
         channel = connection.channel()
         for queue in sorted(names):
             channel.queue_delete(queue)
-        for exchange in (name, dead_exchange_name(name)):
+        for exchange in Topology.of(settings_for(name)).exchange_names():
             channel.exchange_delete(exchange)
 
 
@@ -224,3 +228,44 @@ def flower(broker_url: str, tmp_path: Path) -> Iterator[FlowerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@dataclass(frozen=True)
+class BrokerAccounts:
+    """The collector's accounts on a virtual host of a test's own, and an admin's URL there."""
+
+    vhost: str
+    urls: dict[str, str]  # by role: producer, worker, operator
+    admin_url: str
+    topology: Topology
+
+    def declare_queues(self) -> None:
+        """Declare the queues as an administrator, as ``tools.rabbitmq_accounts`` does."""
+        rabbitmq_accounts.declare_topology(self.admin_url, self.topology)
+
+
+@pytest.fixture
+def broker_accounts(broker_url: str, queue_name: str) -> Iterator[BrokerAccounts]:
+    """The layout of ``tools/rabbitmq_accounts.py`` for this test's queue, on a virtual host
+    of its own (random passwords); users and virtual host are deleted afterwards.
+
+    Nothing is declared yet: a worker declares its queues, or the test calls
+    :meth:`BrokerAccounts.declare_queues`.
+    """
+    if shutil.which("rabbitmqctl") is None:
+        server_missing("rabbitmqctl (to add users to RabbitMQ)", FileNotFoundError("rabbitmqctl"))
+    ctl = rabbitmq_accounts.rabbitmqctl()
+    token = uuid.uuid4().hex[:10]
+    vhost = f"t_{token}"
+    accounts = rabbitmq_accounts.layout(queue_name, prefix=f"t{token}")
+    host = urllib.parse.urlsplit(broker_url.split(";")[0]).netloc.rsplit("@", 1)[-1]
+    try:
+        try:
+            urls = rabbitmq_accounts.create(accounts, vhost, ctl, host)
+            ctl(["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], None)
+        except rabbitmq_accounts.AccountsError as exc:
+            server_missing("rabbitmqctl allowed to add users and virtual hosts", exc)
+        admin_url = rabbitmq_accounts.broker_url("guest", "guest", host, vhost)
+        yield BrokerAccounts(vhost, urls, admin_url, Topology.of(settings_for(queue_name)))
+    finally:
+        rabbitmq_accounts.delete(accounts, vhost, ctl)
