@@ -13,12 +13,13 @@ from typing import Any
 
 import amqp
 import pytest
-from amqp.exceptions import AccessRefused
+from amqp.exceptions import AccessRefused, NotFound, ResourceLocked
 from kombu import Connection
 from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.status import StatusResponder
 from telemetry.cli import SAMPLE_CSV
 from tests.integration.conftest import (
     BrokerAccounts,
@@ -56,6 +57,18 @@ def outcome(url: str, action: Action, probe_queue: str) -> str:
     return "allowed"
 
 
+def queue_exists(accounts: BrokerAccounts, name: str) -> bool:
+    """Whether the queue ``name`` exists on the accounts' virtual host."""
+    with Connection(accounts.admin_url) as connection:
+        try:
+            connection.channel().queue_declare(name, passive=True)
+        except NotFound:
+            return False
+        except ResourceLocked:  # exclusive to the connection that declared it: it exists
+            return True
+    return True
+
+
 def ignore(message: Any) -> None:
     """A consumer's callback that does nothing."""
 
@@ -91,12 +104,28 @@ def test_a_producer_streams_and_a_worker_stores_with_their_own_accounts(
         "40 stored points",
         lambda: database["telemetry"].count_documents({}),
     )
-    # and the operator's account asks the worker (remote control) and reads the queues
-    code, printed = cli(urls["operator"], queue_name, "stats", "--json")
+    # and the operator's account asks the worker (remote control) and a scraper's status
+    # node on the producer's account, and reads the queues
+    scraper = StatusResponder(
+        urls["producer"],
+        f"scraper@{queue_name}",
+        lambda: {"component": "scraper", "queue": queue_name, "targets": 3},
+    )
+    scraper.start()
+    try:
+        wait_for(
+            lambda: queue_exists(broker_accounts, f"scraper@{queue_name}.celery.pidbox"),
+            10,
+            "the scraper's node",
+        )
+        code, printed = cli(urls["operator"], queue_name, "stats", "--json")
+    finally:
+        scraper.stop()
     assert code == 0, printed
     stats = json.loads(printed)
     [(node, counters)] = stats["workers"].items()
     assert node.startswith("telemetry@") and counters["telemetry_stored"] == 40
+    assert stats["scrapers"][f"scraper@{queue_name}"]["targets"] == 3
     assert stats["queues"] == {queue_name: 0, f"{queue_name}.dead": 0}
     code, printed = cli(urls["operator"], queue_name, "dlq", "list")
     assert code == 0, printed
@@ -140,7 +169,9 @@ def test_each_account_is_refused_what_is_not_its_job(
     # given: the queues, and the control mailbox as a worker declares it
     broker_accounts.declare_queues()
     with Connection(broker_accounts.admin_url) as admin:
-        admin.channel().exchange_declare("celery.pidbox", "fanout", durable=False)
+        admin.channel().exchange_declare(
+            "celery.pidbox", "fanout", durable=False, auto_delete=False
+        )
     dead = f"{queue_name}.dead"
     checks: dict[str, Action] = {
         "consume the work queue": lambda ch: ch.basic_consume(queue_name, callback=ignore),
