@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from telemetry.broker.connect import connect
+from telemetry.broker.connect import Broker, connect
 from telemetry.broker.topology import Topology
 from telemetry.config import load_settings
 
@@ -190,7 +190,7 @@ def delete(accounts: Sequence[Account], vhost: str | None, ctl: Ctl) -> None:
 
 def declare_topology(admin_url: str, topology: Topology) -> None:
     """Declare the work queue's exchanges and queues as an account that may configure them."""
-    connection = connect(admin_url)
+    connection = connect(Broker(admin_url))
     try:
         topology.declare(connection.channel())
     finally:

@@ -17,6 +17,7 @@ from amqp.exceptions import AccessRefused, NotFound, ResourceLocked
 from kombu import Connection
 from pymongo.database import Database
 
+from telemetry.broker.connect import Broker
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.status import StatusResponder
@@ -107,7 +108,7 @@ def test_a_producer_streams_and_a_worker_stores_with_their_own_accounts(
     # and the operator's account asks the worker (remote control) and a scraper's status
     # node on the producer's account, and reads the queues
     scraper = StatusResponder(
-        urls["producer"],
+        Broker(urls["producer"]),
         f"scraper@{queue_name}",
         lambda: {"component": "scraper", "queue": queue_name, "targets": 3},
     )
