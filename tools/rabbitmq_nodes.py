@@ -70,6 +70,10 @@ _port_lock = threading.Lock()
 _ports_handed_out: set[int] = set()
 
 
+MAX_MESSAGE_SIZE = 1_048_576
+"""The largest message a private node accepts, the value docs/security.md recommends."""
+
+
 class NodeError(RuntimeError):
     """A private node could not be started, stopped or queried; the message is one line."""
 
@@ -410,7 +414,9 @@ class LocalNode:
             f"listeners.tcp.default = 127.0.0.1:{self._port()}\n"
             "loopback_users.guest = true\n"
             "log.file.level = info\n"
-            "log.console = false\n" + self._tls_config()
+            "log.console = false\n"
+            # As docs/security.md asks of a deployment, so tests meet the same broker.
+            f"max_message_size = {MAX_MESSAGE_SIZE}\n" + self._tls_config()
         )
         (self.dir / "advanced.config").write_text("[].\n")
         (self.dir / "enabled_plugins").write_text("[].\n")

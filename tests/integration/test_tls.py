@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import trustme
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection
 from kombu.exceptions import OperationalError
 from pymongo import MongoClient
@@ -32,7 +33,7 @@ from telemetry.demo.embedded import SecantusServer, free_port
 from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
 from tools.launchers import WorkerProcess, clean_env, telemetry_command, wait_for
-from tools.rabbitmq_nodes import LocalNode, NodeError, NodeTls
+from tools.rabbitmq_nodes import MAX_MESSAGE_SIZE, LocalNode, NodeError, NodeTls
 
 pytestmark = pytest.mark.tls
 
@@ -390,3 +391,20 @@ def test_a_database_refusal_is_one_line_for_the_demo_and_a_503_reason_in_readyz(
     print(body["message"])
     for shown in (line, reason, body["message"]):
         assert WRONG_PASSWORD not in shown and DB_PASSWORD not in shown
+
+
+def test_the_broker_refuses_a_message_over_its_max_message_size(tls_broker: LocalNode) -> None:
+    # given: a private node configured as docs/security.md recommends (1 MiB); the TLS
+    # module's node, so no second node is started for this
+    queue = f"t.size.{uuid.uuid4().hex[:8]}"
+    with Connection(tls_broker.amqp_url, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.channel()
+        channel.queue_declare(queue, auto_delete=True)
+        # when: a message just under the bound, then one over it
+        channel.basic_publish(channel.prepare_message(b"x" * (MAX_MESSAGE_SIZE - 1024)), "", queue)
+        with pytest.raises(PreconditionFailed) as refused:
+            channel.basic_publish(channel.prepare_message(b"x" * (MAX_MESSAGE_SIZE + 1)), "", queue)
+    # then
+    assert f"message size {MAX_MESSAGE_SIZE + 1} is larger than configured max size" in str(
+        refused.value
+    )
