@@ -23,6 +23,8 @@ from telemetry.errors import InvalidMessage, RejectionKind
 MAX_LABELS_RAW_CHARS = 65_536
 MAX_GPU_INSTANCE_CHARS = 64
 MAX_FUTURE = timedelta(days=1)
+# The largest integer MongoDB stores (BSON int64); a larger index could not be written.
+MAX_GPU_INDEX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # One Prometheus-style label: name="value", where value may hold \" and \\ escapes.
@@ -75,6 +77,9 @@ class Point(BaseModel):
             number = float(value)
         except ValueError:
             raise ValueError(f"not a number: {value!r}") from None
+        except OverflowError:
+            # JSON integers have no size limit; one past a float's range is not telemetry.
+            raise ValueError("too large for a float") from None
         if not math.isfinite(number):
             raise ValueError("must be finite (NaN and infinity are not telemetry)")
         return number
@@ -110,7 +115,7 @@ class GpuMetadata(BaseModel):
 
     hostname: str | None = Field(default=None, max_length=256)
     device: str | None = Field(default=None, max_length=256)
-    gpu_index: int | None = Field(default=None, ge=0)
+    gpu_index: int | None = Field(default=None, ge=0, le=MAX_GPU_INDEX)
     model_name: str | None = Field(default=None, max_length=256)
     container: str | None = Field(default=None, max_length=256)
     pod: str | None = Field(default=None, max_length=256)
@@ -164,7 +169,11 @@ def parse_timestamp(value: Any) -> datetime:
             raise ValueError(f"not an RFC 3339 time: {value!r}") from None
     else:
         raise ValueError("must be an RFC 3339 time string")
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        # An offset that moves year 1 or 9999 out of datetime's range: no real time either way.
+        raise ValueError(f"not a real time (out of range): {value!r}") from None
     if moment <= EPOCH:
         raise ValueError(f"not a real time (zero or before 1970): {value!r}")
     if _FUTURE_LIMIT.passed_by(moment):

@@ -8,10 +8,35 @@ from datetime import datetime
 
 import mongomock
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from telemetry.config import ALL_ENV_NAMES, Settings, load_settings
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
+
+# Property tests (tests/test_fuzz_*.py) are bounded so the whole fuzz run stays under a
+# minute on a 2-core CI machine. Under CI=true they are derandomized: a red CI run
+# repeats exactly, and a green one cannot turn red by luck on the next push. Locally
+# each run explores new inputs and keeps failures in .hypothesis/ for the next run;
+# HYPOTHESIS_PROFILE=deep explores longer.
+hypothesis_settings.register_profile(
+    "ci",
+    max_examples=150,
+    deadline=1000,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    # The machine is shared: a slow example is the neighbour's load, not ours.
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile("dev", max_examples=150, deadline=1000)
+hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None)
+hypothesis_settings.load_profile(
+    os.environ.get(
+        "HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI", "").lower() == "true" else "dev"
+    )
+)
 
 # Every variable the package reads (the _FILE twins too), from the one declaration in
 # telemetry.config; cleared so a developer's shell cannot change a test.

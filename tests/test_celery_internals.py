@@ -681,3 +681,34 @@ def test_a_taker_is_offered_its_task_messages_before_celerys_handler() -> None:
     assert consumer._taken_first(consumer.takers, retry) is False  # Celery's handler next
     assert consumer._taken_first(consumer.takers, other) is False
     assert offered == [fresh, retry]
+
+
+def test_a_task_message_without_an_id_header_is_a_bad_shape() -> None:
+    # found by tests/test_fuzz_decoder.py: headers {"task": None} (no id) and the body b""
+    # made Celery read the message as protocol 1 and raise DecodeError out of the consumer
+    message = _json_message("")
+    message.headers = {"task": "other.task"}
+    assert celery_internals.body_shape_problem(message) == "a task message needs an id header"
+    message.headers = {"task": "other.task", "id": "a"}
+    message.body = "[[], {}, null]"
+    assert celery_internals.body_shape_problem(message) is None
+
+
+def test_an_unknown_task_is_counted_only_once_celery_has_dead_lettered_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # found by tests/test_fuzz_decoder.py: counted as dead-lettered, then Celery raised and
+    # the same message was recorded as a bad one too
+    class Counting(celery_internals.GuardedConsumer):  # type: ignore[misc]
+        def on_unknown_task_name(self, message: Any) -> None:
+            counted.append(message)
+
+    def celery_raises(self: Any, body: Any, message: Any, exc: Exception) -> None:
+        raise TypeError("list indices must be integers or slices, not str")
+
+    counted: list[Any] = []
+    monkeypatch.setattr(Consumer, "on_unknown_task", celery_raises)
+    consumer = Counting.__new__(Counting)
+    with pytest.raises(TypeError):
+        consumer.on_unknown_task(None, SimpleNamespace(headers={}), KeyError("x"))
+    assert counted == []

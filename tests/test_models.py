@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from telemetry.errors import InvalidMessage
+from telemetry.errors import InvalidMessage, RejectionKind
 from telemetry.models import (
     GpuMetadata,
     Point,
@@ -73,6 +73,31 @@ def test_invalid_point_is_refused_with_the_field_named(
 ) -> None:
     with pytest.raises(InvalidMessage, match=fragment):
         parse_message(point_with(**changes), None)
+
+
+def test_an_integer_value_past_a_floats_range_is_refused_not_raised() -> None:
+    # found by tests/test_fuzz_models.py: float(10**309) raised OverflowError
+    with pytest.raises(InvalidMessage, match="value: too large for a float") as refused:
+        parse_message(point_with(value=10**309), None)
+    assert refused.value.kind == RejectionKind.INVALID_POINT
+
+
+@pytest.mark.parametrize("timestamp", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_a_time_whose_offset_leaves_the_calendar_is_refused_not_raised(timestamp: str) -> None:
+    # found by tests/test_fuzz_models.py: converting to UTC raised OverflowError
+    with pytest.raises(InvalidMessage, match="timestamp: not a real time") as refused:
+        parse_message(point_with(timestamp=timestamp), None)
+    assert refused.value.kind == RejectionKind.INVALID_POINT
+
+
+def test_a_gpu_index_mongodb_cannot_store_is_invalid_metadata() -> None:
+    # found by tests/test_fuzz_models.py: {"gpu_index": 2**63} was accepted, then the
+    # GPU upsert raised OverflowError in bson instead of the message being rejected
+    _, metadata = parse_message(point_with(), {"gpu_index": 2**63 - 1})
+    assert metadata.gpu_index == 2**63 - 1
+    with pytest.raises(InvalidMessage, match="gpu_index") as refused:
+        parse_message(point_with(), {"gpu_index": 2**63})
+    assert refused.value.kind == RejectionKind.INVALID_METADATA
 
 
 def test_point_that_is_not_an_object_is_refused() -> None:

@@ -1,10 +1,15 @@
-"""Retry timing of the ingest task."""
+"""Retry timing of the ingest task, and how it takes its arguments."""
 
 from __future__ import annotations
 
 import random
 
+import pytest
+
 from telemetry.config import Settings
+from telemetry.observe.stats import Stats
+from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker import tasks
 from telemetry.worker.tasks import backoff_delay_s
 
 
@@ -14,3 +19,22 @@ def test_backoff_doubles_with_jitter_and_is_capped(settings: Settings) -> None:
         delays = [backoff_delay_s(retries, settings, rng) for _ in range(200)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert max(delays) - min(delays) > ceiling / 4, "jitter spreads retries out"
+
+
+def test_a_keyword_argument_named_self_is_rejected_not_a_failed_call(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    mock_store: MongoTelemetryStore,
+    stats: Stats,
+    sample_point: dict[str, object],
+) -> None:
+    # found by tests/test_fuzz_decoder.py: kwargs {"self": ..., "point": ...} raised
+    # TypeError (multiple values for 'self'), so the message was dead-lettered, not rejected
+    monkeypatch.setattr(tasks.runtime, "store", lambda: mock_store)
+    monkeypatch.setattr(tasks.runtime, "current_settings", lambda: settings)
+    monkeypatch.setattr(tasks.runtime, "gpu_cache", lambda: None)
+    monkeypatch.setattr(tasks, "STATS", stats)
+    result = tasks.ingest_task.run(self=1, point=sample_point)
+    assert result == "rejected: unexpected task arguments: ['self']"
+    record = mock_store.database["rejected"].find_one()
+    assert record is not None and record["kind"] == "invalid_arguments"

@@ -691,8 +691,10 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         """A task name this worker does not know: Celery dead-letters it (valid elsewhere)."""
-        self.on_unknown_task_name(message)
+        # Celery's part first: should it raise, the message is reported as a bad one
+        # instead, and must not have been counted as dead-lettered already.
         super().on_unknown_task(body, message, exc)
+        self.on_unknown_task_name(message)
 
     def on_unknown_task_name(self, message: Any) -> None:
         """Called before Celery rejects a message for a task this worker does not know."""
@@ -914,6 +916,10 @@ def body_shape_problem(message: Any) -> str | None:
     """
     if not isinstance(message.headers, dict) or "task" not in message.headers:
         return None
+    if "id" not in message.headers:
+        # Celery reads such a message as protocol 1 and, for an unknown task name, raises
+        # out of its own handler (a TypeError, or a DecodeError that stops the consumer).
+        return "a task message needs an id header"
     try:
         body = message.decode()
     except (ValueError, DecodeError, ContentDisallowed):

@@ -59,8 +59,10 @@ class IngestTask(Task):  # type: ignore[misc]
 
 
 @app.task(name=TASK_NAME, bind=True, base=IngestTask)  # type: ignore[untyped-decorator]
-def ingest_task(self: IngestTask, *args: Any, **kwargs: Any) -> str:
+def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     """Store one telemetry point (see docs/message-contract.md)."""
+    # ``self`` is positional-only so that a keyword argument named "self" reaches the
+    # validation (and is rejected as invalid_arguments) instead of failing the call.
     settings = runtime.current_settings()
     [outcome] = ingest(
         runtime.store(), STATS, [Delivery(self.request.id, args, kwargs)], runtime.gpu_cache()
