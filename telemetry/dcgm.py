@@ -68,7 +68,11 @@ def read_dcgm_csv(path: str | Path) -> Iterator[Row | BadRow]:
     name = str(path)
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            # A field past the csv module's limit: no header can be read.
+            raise CsvFormatError(f"{name}:1: unreadable CSV header: {exc}") from exc
         if header is None:
             raise CsvFormatError(f"{name}: empty file, expected a DCGM CSV header")
         columns = {column.strip(): index for index, column in enumerate(header)}

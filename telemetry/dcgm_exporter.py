@@ -10,7 +10,7 @@ are counted per :class:`SkipReason` instead. The mapping of labels:
 - the MIG instance: ``GPU_I_ID`` → the point's ``gpu_instance`` (absent for
   the whole GPU);
 - metadata: ``Hostname``/``hostname`` → ``hostname``, ``modelName``/``model_name``
-  → ``model_name``, ``gpu`` → ``gpu_index`` (when it is an integer),
+  → ``model_name``, ``gpu`` → ``gpu_index`` (when it is an integer MongoDB can store),
   ``device``, ``pci_bus_id``, ``DCGM_FI_DRIVER_VERSION`` → ``driver_version``,
   ``GPU_I_PROFILE`` → ``gpu_instance_profile``, and ``pod``, ``namespace``,
   ``container``; blank values are left out. Where two spellings of one field
@@ -37,7 +37,14 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from telemetry.exposition import DroppedLine, DropReason, Exposition, parse_exposition
-from telemetry.models import EPOCH, MAX_GPU_INSTANCE_CHARS, MAX_LABELS_RAW_CHARS, format_timestamp
+from telemetry.models import (
+    EPOCH,
+    MAX_FUTURE,
+    MAX_GPU_INDEX,
+    MAX_GPU_INSTANCE_CHARS,
+    MAX_LABELS_RAW_CHARS,
+    format_timestamp,
+)
 
 
 class SkipReason(StrEnum):
@@ -50,7 +57,8 @@ class SkipReason(StrEnum):
     BLANK = "blank"
     NON_FINITE = "non_finite"
     DUPLICATE_SERIES = "duplicate_series"
-    # A sample's own timestamp that is no real time (zero, negative, out of range).
+    # A sample's own timestamp that is no real time (zero, negative, out of range), or
+    # more than the contract's day after the scrape, which the worker would reject.
     BAD_TIMESTAMP = "bad_timestamp"
     # A UUID, metric name, instance or label text longer than the contract allows.
     TOO_LONG = "too_long"
@@ -140,6 +148,7 @@ def points_from_samples(
     if scraped_at.tzinfo is None:
         scraped_at = scraped_at.replace(tzinfo=UTC)
     scrape_time = format_timestamp(scraped_at)
+    latest_ms = _epoch_ms(scraped_at + MAX_FUTURE)
     own_times: dict[int, str | None] = {}
 
     points: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -173,7 +182,7 @@ def points_from_samples(
         if reason is None and honor_timestamps and timestamp_ms is not None:
             timestamp = own_times.get(timestamp_ms, "")
             if timestamp == "":
-                timestamp = own_times[timestamp_ms] = _format_ms(timestamp_ms)
+                timestamp = own_times[timestamp_ms] = _format_ms(timestamp_ms, latest_ms)
             if timestamp is None:
                 reason = SkipReason.BAD_TIMESTAMP
         else:
@@ -225,8 +234,13 @@ def _is_blank(value_text: str) -> bool:
         return True
 
 
-def _format_ms(timestamp_ms: int) -> str | None:
-    if timestamp_ms <= 0:
+def _epoch_ms(moment: datetime) -> int:
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _format_ms(timestamp_ms: int, latest_ms: int) -> str | None:
+    if timestamp_ms <= 0 or timestamp_ms > latest_ms:
         return None
     try:
         return format_timestamp(EPOCH + timedelta(milliseconds=timestamp_ms))
@@ -246,7 +260,7 @@ def _series(labels: Mapping[str, str], extra: tuple[tuple[str, str], ...]) -> _S
         if value is None or len(value) > MAX_METADATA_CHARS:
             continue
         if field == "gpu_index":
-            if not (value.isascii() and value.isdigit()):
+            if not (value.isascii() and value.isdigit()) or int(value) > MAX_GPU_INDEX:
                 continue
             metadata[field] = int(value)
         else:

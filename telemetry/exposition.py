@@ -16,7 +16,8 @@ What is accepted beyond the letter of the format, because exporters write it:
 
 Values are read as Prometheus reads them (``NaN``, ``+Inf`` and ``-Inf``
 included); a value that is not a number drops its line as
-:attr:`DropReason.NON_NUMERIC`. Timestamps are integer milliseconds. Sample
+:attr:`DropReason.NON_NUMERIC`. Timestamps are integer milliseconds, at most 19 digits
+(an int64, as Prometheus keeps them); a longer one drops its line. Sample
 names are kept as written: a counter's sample is not renamed to ``…_total``.
 """
 
@@ -77,9 +78,13 @@ DROPPED_TEXT_CHARS = 120
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
 # What Go's strconv.ParseFloat reads in decimal, which Python's float() reads the
-# same way; float() alone would also take "1_000" and non-ASCII digits.
-_NUMBER = r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))"
-_TIMESTAMP = r"[+-]?[0-9]+"
+# same way; float() alone would also take "1_000" and non-ASCII digits. Each digit can
+# belong to one part only: with "[0-9]+\.?[0-9]*" a line that fails to match after a
+# run of digits backtracked through every split of it (8,000 digits took 4 s).
+_NUMBER = r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))"
+# Milliseconds as Prometheus keeps them, an int64: at most 19 digits. The bound also
+# keeps int() below its 4,300-digit limit, past which it raises.
+_TIMESTAMP = r"[+-]?[0-9]{1,19}"
 
 # The common line, whole: name, label set, value and timestamp in one match. The
 # label set runs to the line's last "}" (sre finds it by backing up from the end,
@@ -94,16 +99,19 @@ _TIMESTAMP_ONLY = re.compile(_TIMESTAMP)
 
 # A label set by the format: name="value" with \\ \" \n escapes (any other
 # escaped character is kept with its backslash), comma-separated.
-_STRICT_LABEL = rf'[ \t]*({_LABEL_NAME})[ \t]*=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t]*(?:,|$)'
+# Blanks are matched in one place each (never "[ \t]*,?[ \t]*", two patterns that can
+# share a run of blanks): label text that fails to match after a long run of blanks
+# otherwise backtracks through every split of it (20,000 blanks took 5 s).
+_STRICT_LABEL = rf'({_LABEL_NAME})[ \t]*=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t]*(?:,[ \t]*|$)'
 _STRICT_LABEL_RE = re.compile(_STRICT_LABEL)
-_STRICT_LABELS = re.compile(rf"[ \t]*,?(?:{_STRICT_LABEL})*[ \t]*")
+_STRICT_LABELS = re.compile(rf"[ \t]*(?:,[ \t]*)?(?:{_STRICT_LABEL})*")
 _ESCAPE = re.compile(r'\\([\\"n])')
 _UNESCAPED = {"\\": "\\", '"': '"', "n": "\n"}
 
 # The lenient reading: a label's opening, then the quote that closes its value,
 # which is the first one followed by another label's opening or by the end.
-_LENIENT_OPEN = re.compile(rf'[ \t]*,?[ \t]*({_LABEL_NAME})[ \t]*=[ \t]*"')
-_LENIENT_CLOSE = re.compile(rf'"[ \t]*(?:,[ \t]*(?={_LABEL_NAME}[ \t]*=[ \t]*")|,?[ \t]*$)')
+_LENIENT_OPEN = re.compile(rf'[ \t]*(?:,[ \t]*)?({_LABEL_NAME})[ \t]*=[ \t]*"')
+_LENIENT_CLOSE = re.compile(rf'"[ \t]*(?:,[ \t]*(?={_LABEL_NAME}[ \t]*=[ \t]*")|(?:,[ \t]*)?$)')
 _LENIENT_REST = re.compile(r"[ \t,]*\Z")
 
 # Label text → its labels, or the reason it is not a label set. Each series
@@ -268,7 +276,7 @@ def _read_other_line(result: Exposition, number: int, line: str) -> None:
     timestamp_ms = None
     if len(fields) == 2:
         if _TIMESTAMP_ONLY.fullmatch(fields[1]) is None:
-            _drop(result, number, DropReason.BAD_LINE, "timestamp is not an integer", line)
+            _drop(result, number, DropReason.BAD_LINE, "timestamp is not a 64-bit integer", line)
             return
         timestamp_ms = int(fields[1])
     # Reached only by unusual blanks (a form feed, say) that the common shape refuses.

@@ -111,3 +111,12 @@ def test_empty_file_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_header_only_file_has_no_rows_and_blank_lines_are_skipped(tmp_path: Path) -> None:
     assert list(read_dcgm_csv(write(tmp_path, f"{HEADER}\n\n\n"))) == []
+
+
+def test_an_unreadable_header_is_one_clear_error(tmp_path: Path) -> None:
+    # found by tests/test_fuzz_parsers.py: a header field past the csv module's limit
+    # raised _csv.Error out of read_dcgm_csv
+    path = tmp_path / "bad.csv"
+    path.write_text("a" * 131_073 + "\n", encoding="utf-8")
+    with pytest.raises(CsvFormatError, match=r"bad\.csv:1: unreadable CSV header"):
+        list(read_dcgm_csv(path))

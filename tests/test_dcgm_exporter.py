@@ -374,3 +374,28 @@ def test_points_build_task_messages() -> None:
     point, metadata = scrape("mig.prom").points[2]
     message = build_task_message(point, metadata)
     assert message.body[1] == {"point": point, "metadata": metadata}
+
+
+def test_a_sample_time_more_than_a_day_after_the_scrape_is_a_bad_timestamp() -> None:
+    # found by tests/test_fuzz_parsers.py: such a point was sent, and the worker rejected
+    # it as more than a day in the future
+    day_ms = 86_400_000
+    scraped_ms = 1_796_126_400_250  # SCRAPED_AT
+    text = (
+        f'DCGM_FI_DEV_GPU_UTIL{{UUID="GPU-1"}} 1 {scraped_ms + day_ms}\n'
+        f'DCGM_FI_DEV_GPU_TEMP{{UUID="GPU-1"}} 1 {scraped_ms + day_ms + 1}\n'
+    )
+    result = points_from_text(text, SCRAPED_AT)
+    assert [p["timestamp"] for p, _ in result.points] == ["2026-12-02T12:00:00.250000Z"]
+    assert result.skipped == {"bad_timestamp": 1}
+
+
+def test_a_gpu_index_mongodb_cannot_store_is_left_out() -> None:
+    # found by tests/test_fuzz_parsers.py: gpu="99…9" became a gpu_index the worker rejects
+    text = (
+        f'DCGM_FI_DEV_GPU_UTIL{{UUID="GPU-1",gpu="{2**63 - 1}"}} 1\n'
+        f'DCGM_FI_DEV_GPU_UTIL{{UUID="GPU-2",gpu="{2**63}"}} 1\n'
+    )
+    [(_, first), (_, second)] = points_from_text(text, SCRAPED_AT).points
+    assert first == {"gpu_index": 2**63 - 1}
+    assert second == {}

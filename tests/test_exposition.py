@@ -253,7 +253,11 @@ def test_timestamps_are_integer_milliseconds() -> None:
     ("line", "reason", "detail"),
     [
         ('m{a="1"} 1 2 3', DropReason.BAD_LINE, "text after the timestamp"),
-        ('m{a="1"} 1 1.5', DropReason.BAD_LINE, "timestamp is not an integer"),
+        ('m{a="1"} 1 1.5', DropReason.BAD_LINE, "timestamp is not a 64-bit integer"),
+        # found by tests/test_fuzz_parsers.py: int() raised past 4,300 digits
+        ("m 1 " + "7" * 4301, DropReason.BAD_LINE, "timestamp is not a 64-bit integer"),
+        ("m 1\x0c " + "7" * 4301, DropReason.BAD_LINE, "timestamp is not a 64-bit integer"),
+        ("m 1 " + "1" * 20, DropReason.BAD_LINE, "timestamp is not a 64-bit integer"),
         ('m{a="1"}', DropReason.BAD_LINE, "no value"),
         ("m", DropReason.BAD_LINE, "no value"),
         ('{a="1"} 1', DropReason.BAD_LINE, "no valid metric name"),
@@ -317,3 +321,23 @@ def test_a_huge_label_set_of_raw_values_is_read_in_linear_time() -> None:
     assert time.process_time() - start < 2.0
     assert parsed.samples[0].labels["l19999"] == 'a "raw" value 19999'
     assert not exposition._LABEL_CACHE.get(labels)
+
+
+@pytest.mark.parametrize("line", ["m 7{digits}x", 'm{{a="1"}} 7{digits} x'])
+def test_a_long_run_of_digits_that_is_no_sample_is_dropped_in_linear_time(line: str) -> None:
+    # found by tests/test_fuzz_parsers.py (its deadline): the value's pattern backtracked
+    # through every split of a digit run, 4 s for 8,000 digits; 200,000 would take hours
+    text = line.format(digits="7" * 200_000)
+    started = time.perf_counter()
+    parsed = parse_exposition(text)
+    assert time.perf_counter() - started < 1.0
+    assert parsed.samples == [] and sum(parsed.dropped.values()) == 1
+
+
+@pytest.mark.parametrize("text", [" " * 200_000 + "a", 'a="1"' + " " * 200_000 + "x"])
+def test_a_label_set_with_a_long_run_of_blanks_is_read_in_linear_time(text: str) -> None:
+    # found by probing the label patterns once tests/test_fuzz_parsers.py had found the digit
+    # case: "[ \t]*,?[ \t]*" backtracked through every split of a run of blanks, 5 s for 20,000
+    started = time.perf_counter()
+    assert parse_label_text(text) is None
+    assert time.perf_counter() - started < 1.0
