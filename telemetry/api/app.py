@@ -32,6 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from telemetry.api.params import (
     GPU_LIMIT_DEFAULT,
     GPU_LIMIT_MAX,
+    MAX_INSTANCE_CHARS,
+    MAX_METRIC_NAMES,
+    MAX_NAME_CHARS,
     POINT_LIMIT_DEFAULT,
     POINT_LIMIT_MAX,
     Aggregation,
@@ -89,10 +92,27 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Error, "description": "No GPU with this uuid was ever stored."}
 }
 
+
+def _token_optional() -> dict[str, Any]:
+    """``openapi_extra`` of an ``/api`` route: the bearer token, or none at all.
+
+    FastAPI declares the bearer scheme as required, but the token is checked only when
+    the server has ``API_TOKEN`` set; the empty requirement says a request without one
+    may be answered too (with a 401 where a token is set).
+    """
+    return {"security": [{}]}
+
+
 _bearer = HTTPBearer(
     auto_error=False,
     description="The server's API_TOKEN; only checked when the server has one set.",
 )
+
+
+# The rules params.py checks, declared so that the document says what a valid request is.
+NAME_RULES: dict[str, Any] = {"minLength": 1, "maxLength": MAX_NAME_CHARS, "pattern": r"\S"}
+INSTANCE_RULES: dict[str, Any] = {"minLength": 1, "maxLength": MAX_INSTANCE_CHARS, "pattern": r"\S"}
+STEP_RULES: dict[str, Any] = {"pattern": r"^\s*[1-9][0-9]{0,5}[smhd]\s*$"}
 
 
 def _example(value: Any, summary: str) -> dict[str, dict[str, Any]]:
@@ -113,6 +133,7 @@ Uuid = Annotated[
     str,
     PathParam(
         description="The GPU's UUID, as in `GET /api/v1/gpus`.",
+        json_schema_extra=NAME_RULES,
         openapi_examples=_example(EXAMPLE_UUID, "A GPU of the bundled sample"),
     ),
 ]
@@ -184,6 +205,7 @@ def create_app(settings: Settings, *, time_limit_ms: int = DEFAULT_QUERY_TIME_LI
             )
 
     _install_error_handlers(app)
+    _declare_validation_errors_as_400(app)
     _add_probes(app)
     app.include_router(_api_router(require_token))
     _add_dashboard(app, settings)
@@ -216,6 +238,26 @@ def _install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+
+def _declare_validation_errors_as_400(app: FastAPI) -> None:
+    """Drop the 422 FastAPI declares on every route: this API answers a bad parameter with
+    a 400 (see :func:`_install_error_handlers`), and each route declares that one."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = spec.get("components", {}).get("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            return spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_probes(app: FastAPI) -> None:
@@ -259,6 +301,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             "number of all that match the filters."
         ),
         response_model=GpuList,
+        openapi_extra=_token_optional(),
         dependencies=[Depends(only("hostname", "model_name", "limit", "cursor"))],
     )
     def list_gpus(
@@ -268,6 +311,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             str | None,
             Query(
                 description="Only GPUs of this host (exact match).",
+                json_schema_extra=NAME_RULES,
                 openapi_examples=_example(EXAMPLE_HOST, "One host"),
             ),
         ] = None,
@@ -275,6 +319,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             str | None,
             Query(
                 description="Only GPUs of this model (exact match).",
+                json_schema_extra=NAME_RULES,
                 openapi_examples=_example(EXAMPLE_MODEL, "H100"),
             ),
         ] = None,
@@ -298,6 +343,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
         summary="One GPU",
         description="The GPU's metadata and the span of its stored points.",
         response_model=Gpu,
+        openapi_extra=_token_optional(),
         responses=NOT_FOUND,
         dependencies=[Depends(only())],
     )
@@ -310,6 +356,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
         summary="Metrics of a GPU",
         description="The metric names stored for the GPU, each with its newest value and time.",
         response_model=MetricList,
+        openapi_extra=_token_optional(),
         responses=NOT_FOUND,
         dependencies=[Depends(only())],
     )
@@ -328,6 +375,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             "span at most 31 days."
         ),
         response_model=TelemetryPage,
+        openapi_extra=_token_optional(),
         responses=NOT_FOUND,
         dependencies=[
             Depends(
@@ -352,6 +400,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
             list[str] | None,
             Query(
                 description="Only these metrics; repeat the parameter for several. Default: all.",
+                json_schema_extra={"maxItems": MAX_METRIC_NAMES, "items": NAME_RULES},
                 openapi_examples=_example([EXAMPLE_METRIC], "GPU utilisation"),
             ),
         ] = None,
@@ -362,6 +411,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
                     "Only the points of this MIG instance (its GPU_I_ID, as in the GPU's "
                     "`mig_instances`). Default: every point, the whole GPU's and each instance's."
                 ),
+                json_schema_extra=INSTANCE_RULES,
                 openapi_examples=_example(EXAMPLE_INSTANCE, "One MIG instance"),
             ),
         ] = None,
@@ -388,6 +438,7 @@ def _api_router(require_token: Callable[..., None]) -> APIRouter:
                     "Downsample into buckets this wide: a whole number and s, m, h or d, "
                     "from 1s to 1d. Needs start_time and end_time."
                 ),
+                json_schema_extra=STEP_RULES,
                 openapi_examples=_example("60s", "One point a minute"),
             ),
         ] = None,
