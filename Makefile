@@ -72,6 +72,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/bandit -q -r telemetry --severity-level high --confidence-level high
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

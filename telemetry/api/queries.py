@@ -374,7 +374,8 @@ def bucket_pipeline(
     ``{_id: {m: metric, i: instance or "", b: bucket start in ms}, v: value, n: count}``.
     """
     step_ms = int(step.total_seconds() * 1000)
-    assert query.agg is not None
+    # An invariant for mypy: telemetry_query sets agg whenever it sets step.
+    assert query.agg is not None  # nosec B101
     millis = {"$toLong": "$timestamp"}
     bucket = {"$subtract": [millis, {"$mod": [millis, step_ms]}]}
     match = dict(selector)

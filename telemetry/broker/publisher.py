@@ -117,7 +117,8 @@ class ConfirmingPublisher:
                 self._reconnect(exc)
 
     def _send_once(self, message: TaskMessage) -> None:
-        assert self._producer is not None, "open() first"
+        # An invariant for mypy: a publisher is open()ed before anything is sent.
+        assert self._producer is not None, "open() first"  # nosec B101
         if self._amqp_exchange is not None and "content_type" not in message.properties:
             # A new message to RabbitMQ, uncompressed: py-amqp's own publish, with the
             # properties kombu's Producer would give it. The Producer (serializer

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-import subprocess
+import subprocess  # nosec B404
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -79,7 +79,8 @@ class SecantusServer:
             )
         if self.log_path is not None:
             self._log = self.log_path.open("ab")
-        self._process = subprocess.Popen(
+        # SecantusDB as a child process: a fixed argument list, no shell (so is the import).
+        self._process = subprocess.Popen(  # nosec B603
             [
                 sys.executable,
                 "-m",

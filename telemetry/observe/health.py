@@ -44,7 +44,9 @@ logger = logging.getLogger("telemetry.observe.health")
 
 READY_TIMEOUT_S = 1.0
 """How long the database may take to answer the readiness ping."""
-BIND_HOST = "0.0.0.0"
+# Every interface on purpose: Prometheus and the orchestrator's probes reach the worker
+# from outside its container; the endpoints only read counters and health.
+BIND_HOST = "0.0.0.0"  # nosec B104
 REASON_MAX_CHARS = 300
 
 ReadinessCheck = Callable[[], None]

@@ -312,7 +312,8 @@ class Scraper:
                 break
         if not finished:
             return
-        assert self._publisher is not None, "run() sets the publisher"
+        # An invariant for mypy: run() set it before any scrape finished.
+        assert self._publisher is not None, "run() sets the publisher"  # nosec B101
         report = self.report
         for result in finished:
             for point, metadata in result.points:

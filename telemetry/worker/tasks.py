@@ -29,7 +29,8 @@ from telemetry.worker.app import app
 from telemetry.worker.ingest import Delivery, ingest
 
 logger = logging.getLogger("telemetry.tasks")
-_jitter = random.Random()
+# Spreads retries out in time; nothing secret depends on it.
+_jitter = random.Random()  # nosec B311
 
 
 def backoff_delay_s(retries: int, settings: Settings, rng: random.Random | None = None) -> float:
