@@ -22,7 +22,7 @@ from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
 # HYPOTHESIS_PROFILE=deep explores longer.
 hypothesis_settings.register_profile(
     "ci",
-    max_examples=150,
+    max_examples=400,
     deadline=1000,
     derandomize=True,
     database=None,
@@ -30,7 +30,7 @@ hypothesis_settings.register_profile(
     # The machine is shared: a slow example is the neighbour's load, not ours.
     suppress_health_check=[HealthCheck.too_slow],
 )
-hypothesis_settings.register_profile("dev", max_examples=150, deadline=1000)
+hypothesis_settings.register_profile("dev", max_examples=400, deadline=1000)
 hypothesis_settings.register_profile("deep", max_examples=5000, deadline=None)
 hypothesis_settings.load_profile(
     os.environ.get(
