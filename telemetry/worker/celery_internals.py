@@ -525,14 +525,11 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     Two more refusals, before any decoding: a body longer than
     :meth:`max_body_length` is a bad message (``oversize``), and only the
-    tasks in :attr:`accepted_tasks` get a message handler. Celery registers
-    its built-in tasks (``celery.map``, ``celery.chain``, ``celery.chord_unlock``,
+    tasks :meth:`accepts` get a message handler. Celery registers its
+    built-in tasks (``celery.map``, ``celery.chain``, ``celery.chord_unlock``,
     ``celery.backend_cleanup``, …) in every app; a message naming one of them
     is an unknown task here (:meth:`on_unknown_task`), never run.
     """
-
-    accepted_tasks: ClassVar[frozenset[str] | None] = None
-    """The only task names a message may run; None runs every registered task."""
 
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         """Celery's consumer steps without ``DelayedDelivery``."""
@@ -575,18 +572,20 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         decoded it as UTF-8 text); None for no bound. Asked once per connection."""
         return None
 
+    def accepts(self, task_name: str) -> bool:
+        """Whether a message may run the registered task ``task_name``; every one here."""
+        return True
+
     def update_strategies(self) -> None:
-        """Celery's message handlers, for :attr:`accepted_tasks` only.
+        """Celery's message handlers, for the tasks :meth:`accepts` only.
 
         Any other name, Celery's built-in tasks included, then finds no
         handler, and Celery's handler calls :meth:`on_unknown_task` for it:
         nothing per message is added to do so.
         """
         super().update_strategies()
-        accepted = self.accepted_tasks
-        if accepted is not None:
-            for name in [name for name in self.strategies if name not in accepted]:
-                del self.strategies[name]
+        for name in [name for name in self.strategies if not self.accepts(name)]:
+            del self.strategies[name]
 
     def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
         """Called for a message that can never become a task; it is not settled yet."""

@@ -18,9 +18,8 @@ executed.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
-from telemetry.broker.topology import TASK_NAME
 from telemetry.errors import RejectionKind
 from telemetry.observe import metrics
 from telemetry.observe.stats import STATS
@@ -53,10 +52,18 @@ def message_id(message: Any) -> str | None:
     return str(found) if found is not None else None
 
 
+CELERY_BUILT_IN_PREFIX = "celery."
+"""The names of the tasks Celery registers in every app."""
+
+
 class TelemetryConsumer(GuardedConsumer):
     """Celery's consumer, with arrivals counted and bad messages recorded instead of only logged."""
 
-    accepted_tasks: ClassVar[frozenset[str] | None] = frozenset({TASK_NAME})
+    def accepts(self, task_name: str) -> bool:
+        """The app's own tasks, never Celery's built-ins (``celery.map``, ``celery.chord_unlock``,
+        …): the collector's app registers only ``telemetry.ingest``, and an app built on it
+        (a benchmark's no-op task) runs its own too."""
+        return not task_name.startswith(CELERY_BUILT_IN_PREFIX)
 
     def max_body_length(self) -> int:
         """``MAX_MESSAGE_BYTES``."""
