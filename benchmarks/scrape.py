@@ -31,10 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bare, parse
-from benchmarks.run import BROKER, delete_queues
+from benchmarks import parse
+from benchmarks.run import BROKER, bare_publisher, delete_queues
 from telemetry.broker.backlog import open_publisher
-from telemetry.cli import SAMPLE_CSV
 from telemetry.config import load_settings
 from telemetry.scraper.run import ScrapeOptions, Scraper
 from telemetry.scraper.targets import command_line_targets
@@ -88,15 +87,6 @@ def scrape_and_publish(targets: int, gpus: int, rounds: int) -> dict[str, float]
         "elapsed_s": elapsed,
         "cpu_us_per_point": cpu_s / max(1, report.confirmed) * 1e6,
     }
-
-
-def bare_publisher(points: int) -> dict[str, float]:
-    """The bare kombu publisher with pipelined confirms, in this same run."""
-    queue = f"bench.bare-publish.{uuid.uuid4().hex[:8]}"
-    try:
-        return bare.publish(BROKER, queue, SAMPLE_CSV, points)
-    finally:
-        delete_queues(queue)
 
 
 def fleet(count: int, gpus: int, interval_s: float, rounds: int, workdir: Path) -> dict[str, Any]:

@@ -14,9 +14,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, NoReturn, cast
+from typing import Any, Literal, NoReturn, TypeVar, cast
 
 import click
 
@@ -95,6 +96,28 @@ def main(verbose: bool) -> None:
     setup_logging(socket.gethostname(), "auto", verbose)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def producer_options(command: F) -> F:
+    """The flags both sources take: ``--instance-id``, ``--queue-type`` and ``--compression``."""
+    command = click.option(
+        "--compression",
+        type=click.Choice(["gzip", "zlib", "bzip2"]),
+        default=None,
+        help="Compress message bodies (workers decode them on their own).",
+    )(command)
+    command = click.option(
+        flag_name("queue_type"),
+        type=click.Choice(["quorum", "classic"]),
+        default=None,
+        help=flag_help("queue_type"),
+    )(command)
+    return click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))(
+        command
+    )
+
+
 # The stream command's flags for settings: settings field -> click parameter name.
 # A test checks they are exactly the settings declared for "stream", under their flag names.
 STREAM_FLAGS = {
@@ -132,19 +155,7 @@ STREAM_FLAGS = {
     show_default=True,
     help="Stamp points with the time they are sent, or keep the file's times.",
 )
-@click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))
-@click.option(
-    flag_name("queue_type"),
-    type=click.Choice(["quorum", "classic"]),
-    default=None,
-    help=flag_help("queue_type"),
-)
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "zlib", "bzip2"]),
-    default=None,
-    help="Compress message bodies (workers decode them on their own).",
-)
+@producer_options
 @click.option(
     flag_name("stream_max_backlog"),
     "max_backlog",
@@ -285,19 +296,7 @@ SCRAPE_FLAGS = {
     default=None,
     help="Stop after N rounds (default: until SIGINT or SIGTERM).",
 )
-@click.option(flag_name("instance_id"), default=None, help=flag_help("instance_id"))
-@click.option(
-    flag_name("queue_type"),
-    type=click.Choice(["quorum", "classic"]),
-    default=None,
-    help=flag_help("queue_type"),
-)
-@click.option(
-    "--compression",
-    type=click.Choice(["gzip", "zlib", "bzip2"]),
-    default=None,
-    help="Compress message bodies (workers decode them on their own).",
-)
+@producer_options
 def scrape(
     targets: tuple[str, ...],
     targets_file: Path | None,

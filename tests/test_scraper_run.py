@@ -10,28 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.broker.messages import TaskMessage
 from telemetry.scraper.fetch import FailureReason, ScrapeFailed
 from telemetry.scraper.metrics import ScraperMetrics
 from telemetry.scraper.run import ScrapeOptions, Scraper
 from telemetry.scraper.targets import Shard, command_line_targets
+from tests.fakes import FakePublisher
 from tests.scrape_support import GOOD_BODY
 
 FAST = {"interval_s": 0.05, "timeout_s": 0.04, "stats_interval_s": 60.0}
-
-
-class FakePublisher:
-    """Confirms everything on flush, and remembers what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[TaskMessage] = []
-        self.confirmed = 0
-
-    def send(self, message: TaskMessage) -> None:
-        self.sent.append(message)
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self.confirmed = len(self.sent)
 
 
 def body_for(node: str, temperature: int) -> bytes:

@@ -17,22 +17,9 @@ from telemetry.config import Settings, load_settings
 from telemetry.dcgm import Row
 from telemetry.errors import ConfigError
 from telemetry.streamer.run import Streamer, StreamOptions, options_from
+from tests.fakes import FakePublisher
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-class FakePublisher:
-    """Confirms everything on flush, and remembers what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[TaskMessage] = []
-        self.confirmed = 0
-
-    def send(self, message: TaskMessage) -> None:
-        self.sent.append(message)
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self.confirmed = len(self.sent)
 
 
 def build(row: Row, stamp: datetime) -> TaskMessage:

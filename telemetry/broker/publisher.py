@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import amqp
 from kombu import Connection, Producer
@@ -27,6 +27,17 @@ logger = logging.getLogger("telemetry.broker.publisher")
 
 # Task messages are persistent: RabbitMQ keeps them on disk until a worker acks them.
 PERSISTENT = 2
+
+
+class Publisher(Protocol):
+    """What a source (the streamer, the scraper) needs of a publisher, such as
+    :class:`ConfirmingPublisher`; tests hand in a fake."""
+
+    confirmed: int
+
+    def send(self, message: TaskMessage) -> None: ...
+
+    def flush(self, timeout_s: float = 30.0) -> None: ...
 
 
 class ConfirmingPublisher:

@@ -20,10 +20,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from telemetry.broker.backlog import Backpressure
-from telemetry.broker.messages import TaskMessage, build_task_message
+from telemetry.broker.messages import build_task_message
+from telemetry.broker.publisher import Publisher
 from telemetry.dcgm_exporter import points_from_samples
 from telemetry.exposition import parse_exposition
 from telemetry.scraper.fetch import FailureReason, ScrapeFailed, fetch_metrics
@@ -39,16 +40,6 @@ USER_AGENT = "telemetry-scraper/0.1"
 
 Fetch = Callable[[str, float, int, str], bytes]
 """``(url, timeout_s, max_bytes, user_agent)`` → body, or :class:`ScrapeFailed`."""
-
-
-class Publisher(Protocol):
-    """What the scraper needs of a publisher, such as :class:`ConfirmingPublisher`."""
-
-    confirmed: int
-
-    def send(self, message: TaskMessage) -> None: ...
-
-    def flush(self, timeout_s: float = 30.0) -> None: ...
 
 
 @dataclass(frozen=True)

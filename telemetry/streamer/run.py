@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from telemetry.broker.backlog import Backpressure, QueueBacklog, open_publisher
 from telemetry.broker.connect import Broker
 from telemetry.broker.messages import TaskMessage, build_task_message
+from telemetry.broker.publisher import Publisher
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
 from telemetry.errors import ConfigError, CsvFormatError
@@ -28,16 +29,6 @@ stats_logger = logging.getLogger("telemetry.stats")
 
 TimestampMode = Literal["now", "csv"]
 STATS_MESSAGE = "Streamer statistics"
-
-
-class Publisher(Protocol):
-    """What the streamer needs of a publisher, such as :class:`ConfirmingPublisher`."""
-
-    confirmed: int
-
-    def send(self, message: TaskMessage) -> None: ...
-
-    def flush(self, timeout_s: float = 30.0) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,19 @@
+"""Stand-ins for the broker side of a source, shared by the streamer's and the scraper's tests."""
+
+from __future__ import annotations
+
+from telemetry.broker.messages import TaskMessage
+
+
+class FakePublisher:
+    """Confirms everything on flush, and remembers what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[TaskMessage] = []
+        self.confirmed = 0
+
+    def send(self, message: TaskMessage) -> None:
+        self.sent.append(message)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.confirmed = len(self.sent)
