@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 GOOD_BODY = (
     b"# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (in C).\n"
@@ -135,3 +139,19 @@ def static_exporters(bodies: list[bytes]) -> Iterator[list[str]]:
             server.server_close()
         for thread in threads:
             thread.join(5)
+
+
+EXPORTER_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporter"
+"""The project's own dcgm-exporter fixtures."""
+SHARED_CAPTURES_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcgm-exporter"
+"""The public captures in ../shared: read from there, never copied in."""
+
+
+def shared_text(name: str) -> str:
+    """A shared capture; missing, it skips on a laptop and fails under CI."""
+    path = SHARED_CAPTURES_DIR / name
+    if not path.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing under CI")
+        pytest.skip(f"{path} is missing")
+    return path.read_text()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,25 +19,15 @@ from telemetry.dcgm_exporter import (
 )
 from telemetry.exposition import Exposition, Sample, parse_exposition
 from telemetry.models import parse_labels, parse_message
+from tests.scrape_support import EXPORTER_FIXTURES as FIXTURES
+from tests.scrape_support import shared_text
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporter"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcgm-exporter"
 SCRAPED_AT = datetime(2026, 12, 1, 12, 0, 0, 250000, tzinfo=UTC)
 SCRAPE_TIME = "2026-12-01T12:00:00.250000Z"
 
 
 def scrape(name: str, **options: Any) -> ScrapedPoints:
     return points_from_text((FIXTURES / name).read_text(), SCRAPED_AT, **options)
-
-
-def shared_text(name: str) -> str:
-    """A shared capture; missing, it skips on a laptop and fails under CI."""
-    path = SHARED / name
-    if not path.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing under CI")
-        pytest.skip(f"{path} is missing")
-    return path.read_text()
 
 
 def assert_valid(result: ScrapedPoints) -> None:

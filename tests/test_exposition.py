@@ -6,7 +6,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +20,10 @@ from telemetry.exposition import (
     parse_exposition,
     parse_label_text,
 )
+from tests.scrape_support import EXPORTER_FIXTURES as FIXTURES
+from tests.scrape_support import SHARED_CAPTURES_DIR as SHARED
+from tests.scrape_support import shared_text
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "exporter"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcgm-exporter"
 OWN_FIXTURES = sorted(path.name for path in FIXTURES.glob("*.prom"))
 SHARED_CAPTURES = sorted(path.name for path in SHARED.glob("*.prom")) if SHARED.is_dir() else []
 # Own fixtures that prometheus_client refuses as a whole; every other one must agree.
@@ -35,16 +35,6 @@ Key = tuple[str, tuple[tuple[str, str], ...], str, Any]
 
 def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
-
-
-def shared_text(name: str) -> str:
-    """A shared capture; missing, it skips on a laptop and fails under CI."""
-    path = SHARED / name
-    if not path.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing under CI")
-        pytest.skip(f"{path} is missing")
-    return path.read_text()
 
 
 def oracle_keys(text: str) -> list[Key]:

@@ -17,27 +17,33 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import server_missing
-from tools.rabbitmq_nodes import LocalCluster, LocalNode, NodeError
+from tools.rabbitmq_nodes import LocalCluster, LocalNode, NodeError, NodeTls
 
 CLUSTER_SIZE = 3
 
 
-@pytest.fixture
-def private_broker() -> Iterator[LocalNode]:
-    """One private RabbitMQ node, started fresh; stopped and its data deleted afterwards."""
+def started_node(tls: NodeTls | None = None) -> Iterator[LocalNode]:
+    """A private node started fresh (with a TLS listener when ``tls`` is given); stopped
+    and its data deleted afterwards. For fixtures to ``yield from``."""
     node: LocalNode | None = None
     try:
-        node = LocalNode.create()
+        node = LocalNode.create(tls=tls)
         node.start()
     except NodeError as exc:
         if node is not None:
             node.close()
-        server_missing("a private RabbitMQ node", exc)
+        server_missing("a private RabbitMQ node" + (" with TLS" if tls else ""), exc)
     assert node is not None
     try:
         yield node
     finally:
         node.close()
+
+
+@pytest.fixture
+def private_broker() -> Iterator[LocalNode]:
+    """One private RabbitMQ node, started fresh; stopped and its data deleted afterwards."""
+    yield from started_node()
 
 
 @pytest.fixture(scope="module")

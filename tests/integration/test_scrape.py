@@ -22,11 +22,11 @@ from telemetry.demo.exporter import StandInExporter, serve_exporters
 from telemetry.scraper.metrics import ScraperMetrics
 from telemetry.scraper.run import ScrapeOptions, Scraper
 from tests.integration.conftest import cli_env, settings_for
+from tests.scrape_support import EXPORTER_FIXTURES as FIXTURES
 from tests.scrape_support import misbehaving_server, static_exporters
 from tools.launchers import WorkerProcess, wait_for
 
 TELEMETRY = [sys.executable, "-m", "telemetry.cli"]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "exporter"
 MIG_GPU = "GPU-00000000-0000-0000-0000-00000000e000"
 SHARED_GPU = "GPU-00000000-0000-0000-0000-00000000f000"
 

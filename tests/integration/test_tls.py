@@ -32,8 +32,9 @@ from telemetry.config import load_settings
 from telemetry.demo.embedded import SecantusServer, free_port
 from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
+from tests.integration.rabbit_support import started_node
 from tools.launchers import WorkerProcess, clean_env, telemetry_command, wait_for
-from tools.rabbitmq_nodes import MAX_MESSAGE_SIZE, LocalNode, NodeError, NodeTls
+from tools.rabbitmq_nodes import MAX_MESSAGE_SIZE, LocalNode, NodeTls
 
 pytestmark = pytest.mark.tls
 
@@ -95,33 +96,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def tls_node(tls: NodeTls) -> Iterator[LocalNode]:
-    """A private node with a TLS listener, for a module; deleted afterwards."""
-    node: LocalNode | None = None
-    try:
-        node = LocalNode.create(tls=tls)
-        node.start()
-    except NodeError as exc:
-        if node is not None:
-            node.close()
-        server_missing("a private RabbitMQ node with TLS", exc)
-    assert node is not None
-    try:
-        yield node
-    finally:
-        node.close()
-
-
 @pytest.fixture(scope="module")
 def tls_broker(pki: Pki) -> Iterator[LocalNode]:
     """A node whose TLS certificate the test CA signed for localhost and 127.0.0.1."""
-    yield from tls_node(NodeTls(pki.ca_file, pki.cert_file, pki.key_file))
+    yield from started_node(NodeTls(pki.ca_file, pki.cert_file, pki.key_file))
 
 
 @pytest.fixture(scope="module")
 def expired_broker(pki: Pki) -> Iterator[LocalNode]:
     """A node whose TLS certificate expired yesterday."""
-    yield from tls_node(NodeTls(pki.ca_file, pki.expired_cert_file, pki.expired_key_file))
+    yield from started_node(NodeTls(pki.ca_file, pki.expired_cert_file, pki.expired_key_file))
 
 
 @pytest.fixture(scope="module")
