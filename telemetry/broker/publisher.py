@@ -9,15 +9,14 @@ collector's idempotent writes turn the repeats into counted duplicates.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Protocol
 
-import amqp
 from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 
+from telemetry.broker.amqp_door import JsonPublish, json_publish
 from telemetry.broker.connect import broker_errors, unavailable
 from telemetry.broker.messages import TaskMessage
 from telemetry.broker.topology import Topology
@@ -62,7 +61,7 @@ class ConfirmingPublisher:
         self._channel: Any = None
         self._producer: Producer | None = None
         # Set when the channel is py-amqp's and bodies go uncompressed (see _send_once).
-        self._amqp_exchange: str | None = None
+        self._publish_json: JsonPublish | None = None
         self._confirms = False
         self.confirmed = 0
 
@@ -93,8 +92,16 @@ class ConfirmingPublisher:
                 routing_key=self._topology.queue_name,
                 auto_declare=False,
             )
-            direct = self._compression is None and isinstance(self._channel, amqp.Channel)
-            self._amqp_exchange = self._producer.exchange.name if direct else None
+            self._publish_json = (
+                json_publish(
+                    self._channel,
+                    self._producer.exchange.name,
+                    self._topology.queue_name,
+                    PERSISTENT,
+                )
+                if self._compression is None
+                else None
+            )
             self._next_tag = 1
         except broker_errors(self._connection) as exc:
             raise unavailable(self._connection.as_uri(), exc) from exc
@@ -130,23 +137,10 @@ class ConfirmingPublisher:
     def _send_once(self, message: TaskMessage) -> None:
         # An invariant for mypy: a publisher is open()ed before anything is sent.
         assert self._producer is not None, "open() first"  # nosec B101
-        if self._amqp_exchange is not None and "content_type" not in message.properties:
-            # A new message to RabbitMQ, uncompressed: py-amqp's own publish, with the
-            # properties kombu's Producer would give it. The Producer (serializer
-            # registry, declare check, message preparation) cost an eighth of the
-            # streamer's CPU per point (alternating runs, docs/performance.md).
-            self._channel.basic_publish(
-                amqp.Message(
-                    json.dumps(message.body),
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    application_headers=message.headers,
-                    delivery_mode=PERSISTENT,
-                    **message.properties,
-                ),
-                exchange=self._amqp_exchange,
-                routing_key=self._topology.queue_name,
-            )
+        if self._publish_json is not None and "content_type" not in message.properties:
+            # A new message to RabbitMQ, uncompressed: py-amqp's own publish, without
+            # kombu's Producer (see telemetry.broker.amqp_door).
+            self._publish_json(message)
         else:
             # Compressed, replayed as it was encoded, or not RabbitMQ (the demo's broker).
             self._producer.publish(
