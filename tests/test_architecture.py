@@ -1,11 +1,13 @@
-"""The package's shape, checked: layers, the one settings module, the one door to Celery."""
+"""The package's shape, checked: layers, one settings module, the doors to library internals."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,11 +32,37 @@ LAYERS: dict[str, int] = {
 }
 DOMAIN_MODULES = {"config", "errors", "models", "dcgm", "exposition", "dcgm_exporter"}
 SETTINGS_MODULE = PACKAGE / "config.py"
-CELERY_DOOR = PACKAGE / "worker" / "celery_internals.py"
-# Celery's public, documented API: the app, tasks, signals and custom control commands.
-CELERY_PUBLIC = {"celery", "celery.worker.control"}
-# kombu.pidbox is kombu's documented mailbox API, which a scraper uses to answer `telemetry stats`.
-KOMBU_PUBLIC = {"kombu", "kombu.exceptions", "kombu.pidbox"}
+# The doors: the only modules that touch a library's internals, each entered only
+# from its own folder.
+CELERY_DOOR = PACKAGE / "worker" / "celery"
+AMQP_DOOR = PACKAGE / "broker" / "amqp_door.py"
+PROMETHEUS_DOOR = PACKAGE / "observe" / "prometheus_door.py"
+DOORS = (CELERY_DOOR, AMQP_DOOR, PROMETHEUS_DOOR)
+# Which doors may import a library's internals.
+LIBRARY_DOORS: dict[str, tuple[Path, ...]] = {
+    "celery": (CELERY_DOOR,),
+    "kombu": (CELERY_DOOR,),
+    # The celery door reads the consumer's socket through py-amqp's transport.
+    "amqp": (CELERY_DOOR, AMQP_DOOR),
+    "prometheus_client": (PROMETHEUS_DOOR,),
+}
+# The libraries' public, documented modules; a name imported from one of them is public
+# too. Celery's: the app, tasks, signals and custom control commands. kombu.pidbox is
+# kombu's documented mailbox API, which a scraper uses to answer `telemetry stats`. Of
+# py-amqp only its exceptions: its top level is the protocol itself, beneath kombu.
+PUBLIC_MODULES = {
+    "celery",
+    "celery.signals",
+    "celery.worker.control",
+    "kombu",
+    "kombu.exceptions",
+    "kombu.pidbox",
+    "amqp.exceptions",
+    "prometheus_client",
+    "prometheus_client.exposition",
+    "prometheus_client.multiprocess",
+    "prometheus_client.parser",
+}
 
 
 def room(path: Path) -> str:
@@ -102,35 +130,129 @@ def test_only_the_settings_module_reads_the_environment() -> None:
     assert not readers
 
 
-def test_only_the_door_touches_celery_and_kombu_internals() -> None:
+def inside(path: Path, door: Path) -> bool:
+    """Whether module ``path`` is the door ``door`` or in its folder."""
+    return path == door or door in path.parents
+
+
+def is_module(name: str) -> bool:
+    """Whether ``name`` is a module (``from kombu import pidbox``), not a name in one."""
+    if "." not in name or isinstance(sys.modules.get(name), ModuleType):
+        return True
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ModuleNotFoundError, ValueError):  # ValueError: a lazy module without a spec
+        return False
+
+
+def is_public(name: str) -> bool:
+    """Whether an imported ``name`` of a library is its public API."""
+    module = name if is_module(name) else name.rpartition(".")[0]
+    return module in PUBLIC_MODULES
+
+
+def test_only_the_doors_import_library_internals() -> None:
     trespassers = []
     for path in MODULES:
-        if path == CELERY_DOOR:
-            continue
         for line, name in imports(path):
-            top = name.split(".")[0]
-            public = CELERY_PUBLIC if top == "celery" else KOMBU_PUBLIC
-            if top in ("celery", "kombu") and not any(
-                name == allowed or (name.startswith(allowed + ".") and allowed != top)
-                for allowed in public
-            ):
-                # `from celery import signals` names celery.signals: a public module.
-                if (
-                    top == "celery"
-                    and name.count(".") == 1
-                    and name.split(".")[1]
-                    in {
-                        "Celery",
-                        "Task",
-                        "signals",
-                        "current_task",
-                    }
-                ):
-                    continue
-                if top == "kombu" and name.count(".") == 1 and name.split(".")[1][0].isupper():
-                    continue  # kombu's public classes: Connection, Queue, Exchange, Producer
+            doors = LIBRARY_DOORS.get(name.split(".")[0])
+            if doors is None or any(inside(path, door) for door in doors):
+                continue
+            if not is_public(name):
                 trespassers.append(f"{path.relative_to(PACKAGE)}:{line} {name}")
     assert not trespassers
+
+
+@pytest.mark.parametrize(
+    ("name", "public"),
+    [
+        ("celery.Celery", True),
+        ("celery.signals", True),
+        ("celery.worker.control.inspect_command", True),
+        ("kombu.Connection", True),
+        ("kombu.pidbox", True),
+        ("amqp.exceptions.AccessRefused", True),
+        ("prometheus_client.Histogram", True),
+        ("celery.worker.strategy", False),
+        ("celery.worker.consumer.Consumer", False),
+        ("kombu.message.Message", False),
+        ("amqp", False),
+        ("amqp.Message", False),
+        ("amqp.transport.TCPTransport", False),
+        ("prometheus_client.values", False),
+    ],
+)
+def test_library_internals_are_told_from_the_public_api(name: str, public: bool) -> None:
+    assert is_public(name) is public
+
+
+def foreign_private_attributes(source: str) -> list[str]:
+    """Private attributes used on something other than ``self`` or ``cls`` whose name the
+    module does not define itself: another library's private parts."""
+    tree = ast.parse(source)
+    own = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("self", "cls")
+    }
+    own |= {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+    own |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return [
+        f"{node.lineno}: {ast.unparse(node)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and node.attr not in own
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ("histogram._upper_bounds", True),
+        ("values.ValueClass._lock", True),
+        ("transport._quick_recv = read", True),
+        ("self._transport._quick_recv = read", True),
+        ("message._state = 'ACK'", True),
+        ("self._state = 'ACK'", False),
+        ("class Settings:\n    _given = 1\ndef given(s):\n    return s._given", False),
+        ("def _helper(): pass\nmodule._helper()", False),
+        ("value.__class__", False),
+    ],
+)
+def test_a_private_attribute_of_another_library_is_told_from_our_own(
+    source: str, caught: bool
+) -> None:
+    assert bool(foreign_private_attributes(source)) is caught
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_only_the_doors_use_private_attributes_of_libraries(path: Path) -> None:
+    if any(inside(path, door) for door in DOORS):
+        return
+    assert not foreign_private_attributes(path.read_text())
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_a_door_is_entered_only_from_its_own_folder(path: Path) -> None:
+    wrong = []
+    for door in DOORS:
+        module = ".".join(door.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if door.parent in path.parents:  # the folder the door is in
+            continue
+        wrong.extend(
+            f"line {line}: {name}"
+            for line, name in imports(path)
+            if name == module or name.startswith(module + ".")
+        )
+    assert not wrong
 
 
 @pytest.mark.parametrize("module", ["telemetry.models", "telemetry.dcgm", "telemetry.config"])

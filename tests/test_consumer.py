@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from celery.worker.consumer import Consumer
 
 from telemetry.config import load_settings
-from telemetry.errors import StorageUnavailable
+from telemetry.errors import RejectionKind, StorageUnavailable
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker import celery_internals
 from telemetry.worker import consumer as consumer_module
 from telemetry.worker.consumer import TelemetryConsumer, message_id, raw_body
 
@@ -97,7 +97,7 @@ def test_only_the_collectors_task_gets_a_message_handler(
     def every_task(consumer: Any) -> None:
         consumer.strategies.update({name: object() for name in app.tasks})
 
-    monkeypatch.setattr(celery_internals.Consumer, "update_strategies", every_task)
+    monkeypatch.setattr(Consumer, "update_strategies", every_task)
     bare_consumer.strategies = {}
     assert {"celery.map", "celery.chord_unlock", "celery.backend_cleanup"} <= set(app.tasks)
     # when
@@ -112,7 +112,7 @@ def test_an_oversize_body_is_recorded_by_its_start_and_acked(
     # given
     message = FakeMessage(b"[" * 5_000_000, {"task": "telemetry.ingest", "id": "big-1"})
     # when
-    bare_consumer.on_bad_message(message, "message body of 5000000 is over", "oversize")
+    bare_consumer.on_bad_message(message, "message body of 5000000 is over", RejectionKind.OVERSIZE)
     # then
     assert message.acked
     record = mock_store.database["rejected"].find_one()

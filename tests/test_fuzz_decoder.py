@@ -34,7 +34,8 @@ from telemetry.errors import RejectionKind
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
-from telemetry.worker.celery_internals import Delivered, GuardedConsumer
+from telemetry.worker.celery.delivered import Delivered
+from telemetry.worker.celery.intake import GuardedConsumer
 from telemetry.worker.ingest import Delivery, ingest
 from tests.fuzz_strategies import json_values, metadata_objects, point_objects, valid_points
 
@@ -58,8 +59,8 @@ class RecordingConsumer(GuardedConsumer):
 
     outcomes: list[str]
 
-    def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
-        self.outcomes.append(RejectionKind(kind).value)
+    def on_bad_message(self, message: Any, reason: str, kind: RejectionKind) -> None:
+        self.outcomes.append(kind.value)
 
     def on_unknown_task_name(self, message: Any) -> None:
         self.outcomes.append("dead_lettered")

@@ -15,8 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,54 +27,19 @@ from telemetry.broker.connect import Broker
 from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
-from telemetry.errors import BrokerUnavailable, StorageUnavailable, TelemetryError
+from telemetry.errors import BrokerUnavailable, StorageUnavailable
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore, check_database
 from telemetry.streamer.progress import ProgressBar
 from telemetry.streamer.run import StreamOptions, StreamReport, TimestampMode, run_stream
 from telemetry.worker import runtime
-from telemetry.worker.app import apply_settings
-from telemetry.worker.celery_internals import stoppable_worker_thread
+from telemetry.worker.in_thread import worker_in_thread
 
 DEMO_WORKER_THREADS = 4
 # A bare "memory://" makes kombu warn that no host name was given.
 IN_PROCESS_BROKER = "memory://localhost/"
 # How long the demo waits without any point settling before it says why and gives up.
 STALL_TIMEOUT_S = 30.0
-
-
-@contextmanager
-def embedded_worker(settings: Settings, threads: int = DEMO_WORKER_THREADS) -> Iterator[None]:
-    """Run a Celery worker in a thread of this process until the block ends (warm shutdown)."""
-    from telemetry.worker.app import app
-
-    app.conf.broker_url = settings.broker_url
-    concurrency = apply_settings(app, settings, threads)
-    # Nobody watches events in the demo, and the in-memory broker would only keep them.
-    app.conf.worker_send_task_events = False
-    ready = threading.Event()
-    worker = app.WorkController(
-        pool_cls="threads",
-        concurrency=concurrency,
-        loglevel="WARNING",
-        hostname=f"telemetry@{settings.instance_id}",
-        without_heartbeat=True,
-        without_mingle=True,
-        without_gossip=True,
-        ready_callback=lambda consumer: ready.set(),
-    )
-    thread = threading.Thread(target=worker.start, name="embedded-worker", daemon=True)
-    with stoppable_worker_thread() as stop_worker:
-        thread.start()
-        if not ready.wait(30):
-            raise TelemetryError(
-                f"the embedded worker did not start on {masked(settings.broker_url)}"
-            )
-        try:
-            yield
-        finally:
-            stop_worker()
-            thread.join(60)
 
 
 def settled_count() -> int:
@@ -296,7 +260,8 @@ def run_pipeline(
     try:
         STATS.reset()
         since = datetime.now(UTC)
-        with embedded_worker(settings):
+        # Nobody watches events in the demo, and the in-memory broker would only keep them.
+        with worker_in_thread(settings, DEMO_WORKER_THREADS, task_events=False):
             store = runtime.store()
             store.ensure_indexes()
             report = source(settings, progress)

@@ -41,7 +41,7 @@ from telemetry.observe import health, metrics
 from telemetry.observe.logs import configure_logging, current_format
 from telemetry.observe.stats import STATS, StatsReporter
 from telemetry.worker import celery_settings, runtime
-from telemetry.worker.celery_internals import (
+from telemetry.worker.celery.process import (
     CELERY_DEFAULT_NODENAME,
     BaseWorker,
     TelemetryAMQP,

@@ -47,15 +47,10 @@ from typing import Any
 from telemetry.observe import metrics
 from telemetry.observe.stats import STATS
 from telemetry.worker import runtime
-from telemetry.worker.celery_internals import (
-    Cancellable,
-    ConsumerPort,
-    Delivered,
-    MessageHandler,
-    SettledTask,
-    make_strategy,
-    result_text,
-)
+from telemetry.worker.celery.delivered import Delivered
+from telemetry.worker.celery.events import SettledTask, result_text
+from telemetry.worker.celery.message import MessageHandler
+from telemetry.worker.celery.strategy import Cancellable, ConsumerPort, make_strategy
 from telemetry.worker.ingest import Delivery, ingest
 
 logger = logging.getLogger("telemetry.batching")

@@ -18,14 +18,14 @@ executed.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from telemetry.errors import RejectionKind
 from telemetry.observe import metrics
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import RAW_MESSAGE_MAX_CHARS
 from telemetry.worker import runtime
-from telemetry.worker.celery_internals import GuardedConsumer
+from telemetry.worker.celery.intake import GuardedConsumer
+from telemetry.worker.celery.message import ReceivedMessage
 from telemetry.worker.ingest import reject_undecodable
 
 logger = logging.getLogger("telemetry.consumer")
@@ -35,7 +35,7 @@ logger = logging.getLogger("telemetry.consumer")
 _RAW_KEPT_CHARS = RAW_MESSAGE_MAX_CHARS + 1
 
 
-def raw_body(message: Any) -> str:
+def raw_body(message: ReceivedMessage) -> str:
     """The start of the message body as text, whatever its encoding: as much as
     ``rejected`` keeps and a little more, so an oversize body is never copied whole."""
     body = message.body
@@ -44,7 +44,7 @@ def raw_body(message: Any) -> str:
     return str(body)[:_RAW_KEPT_CHARS]
 
 
-def message_id(message: Any) -> str | None:
+def message_id(message: ReceivedMessage) -> str | None:
     """The task id, or the AMQP message id, if the message has either."""
     headers = message.headers or {}
     properties = getattr(message, "properties", {}) or {}
@@ -69,11 +69,11 @@ class TelemetryConsumer(GuardedConsumer):
         """``MAX_MESSAGE_BYTES``."""
         return runtime.current_settings().max_message_bytes
 
-    def on_arrival(self, message: Any) -> None:
+    def on_arrival(self, message: ReceivedMessage) -> None:
         """Count every message taken from the queue, once."""
         STATS.incr("queue_delivered")
 
-    def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
+    def on_bad_message(self, message: ReceivedMessage, reason: str, kind: RejectionKind) -> None:
         """Record and ack a message that can never become a task; dead-letter it if we cannot."""
         if message.acknowledged:
             # Celery already settled it before failing; settling twice would close the channel.
@@ -83,7 +83,7 @@ class TelemetryConsumer(GuardedConsumer):
             runtime.store(),
             STATS,
             reason,
-            RejectionKind(kind),
+            kind,
             message_id(message),
             raw_body(message),
         )
@@ -96,7 +96,7 @@ class TelemetryConsumer(GuardedConsumer):
             return
         message.ack()
 
-    def on_unknown_task_name(self, message: Any) -> None:
+    def on_unknown_task_name(self, message: ReceivedMessage) -> None:
         """A task this worker does not run is dead-lettered, never run (another version may
         know the name; an operator sees it in ``telemetry dlq list``)."""
         headers = message.headers or {}
