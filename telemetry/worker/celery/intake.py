@@ -31,7 +31,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
     content type or a message without a task header is rejected; and a JSON
     body that is not ``[args, kwargs, embed]`` makes its request parsing
     raise in the consumer itself, which stops the whole worker
-    ("Unrecoverable error", seen with ``{"a": 1}``). Subclasses decide.
+    ("Unrecoverable error", for a body such as ``{"a": 1}``). Subclasses decide.
 
     Two more refusals, before any decoding: a body longer than
     :meth:`max_body_length` is a bad message (``oversize``), and only the
@@ -122,9 +122,9 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
         Every pool thread sends its task events over this one connection.
         With ``confirm_publish`` on, a thread waiting for its confirm reads
-        frames meant for the others, and the threads pool deadlocks (seen
-        here after a few dozen tasks). Events are advisory (Flower); the
-        messages that carry data, task retries, keep their confirms.
+        frames meant for the others, and the threads pool deadlocks. Events
+        are advisory (Flower); the messages that carry data, task retries,
+        keep their confirms.
         """
         connection = self.app.connection_for_write(
             url=url, heartbeat=heartbeat, transport_options={"confirm_publish": False}
