@@ -14,8 +14,11 @@ from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import batching, runtime
-from telemetry.worker.batching import Batcher, Pending, Quarantine, Wakeups, write_batch
+from telemetry.worker.batching import write_batch
+from telemetry.worker.buffer import BatchBuffer, Pending
 from telemetry.worker.ingest import Delivery
+from telemetry.worker.quarantine import Quarantine
+from telemetry.worker.wakeups import Wakeups
 
 
 def at(point: dict[str, Any], second: int, **changes: Any) -> dict[str, Any]:
@@ -70,9 +73,9 @@ def pending(received: float) -> Pending:
     return Pending(delivered, Delivery(f"t{received}", [], {}), received, 0.0)
 
 
-def test_batcher_hands_over_a_full_batch_at_once() -> None:
+def test_buffer_hands_over_a_full_batch_at_once() -> None:
     submitted: list[list[Pending]] = []
-    batcher = Batcher(3, 0.2, submitted.append, clock=lambda: 0.0)
+    batcher = BatchBuffer(3, 0.2, submitted.append, clock=lambda: 0.0)
     # when
     for _ in range(7):
         batcher.add(pending(0.0))
@@ -81,10 +84,10 @@ def test_batcher_hands_over_a_full_batch_at_once() -> None:
     assert len(batcher) == 1
 
 
-def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval() -> None:
+def test_buffer_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval() -> None:
     now = [10.0]
     submitted: list[list[Pending]] = []
-    batcher = Batcher(100, 0.2, submitted.append, clock=lambda: now[0])
+    batcher = BatchBuffer(100, 0.2, submitted.append, clock=lambda: now[0])
     batcher.add(pending(10.0))
     batcher.add(pending(10.1))
     # when
@@ -100,9 +103,9 @@ def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interva
     assert len(batcher) == 0
 
 
-def test_batcher_says_when_its_oldest_message_is_due() -> None:
+def test_buffer_says_when_its_oldest_message_is_due() -> None:
     now = [10.0]
-    batcher = Batcher(100, 0.2, lambda batch: None, clock=lambda: now[0])
+    batcher = BatchBuffer(100, 0.2, lambda batch: None, clock=lambda: now[0])
     assert batcher.due_in() is None
     batcher.add(pending(10.0))
     batcher.add(pending(10.1))
