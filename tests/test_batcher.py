@@ -7,17 +7,17 @@ store's writes, so a test sees what was acked and when.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from telemetry.errors import StorageUnavailable
-from telemetry.observe.stats import STATS
-from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker import runtime
+from telemetry.store.mongo import LazyStore, MongoTelemetryStore
 from telemetry.worker.batcher import Batcher, BatchOptions
 from telemetry.worker.batching import write_batch
+from telemetry.worker.context import WorkerContext
 
 TASK = "telemetry.ingest"
 
@@ -158,15 +158,16 @@ def log() -> list[Any]:
 
 
 @pytest.fixture
-def store(
-    mock_store: MongoTelemetryStore, log: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RecordingStore]:
-    recording = RecordingStore(mock_store, log)
-    monkeypatch.setattr(runtime, "store", lambda: recording)
-    monkeypatch.setattr(runtime, "gpu_cache", lambda: None)
-    STATS.reset()
-    yield recording
-    STATS.reset()
+def store(mock_store: MongoTelemetryStore, log: list[Any]) -> RecordingStore:
+    """The mongomock store, recording its writes."""
+    return RecordingStore(mock_store, log)
+
+
+@pytest.fixture
+def context(worker_context: WorkerContext, store: RecordingStore) -> WorkerContext:
+    """The worker context, on the recording store."""
+    worker_context.stores = LazyStore(lambda: store)  # type: ignore[arg-type, return-value]
+    return worker_context
 
 
 @pytest.fixture
@@ -175,7 +176,11 @@ def port(log: list[Any]) -> FakePort:
 
 
 def make_batcher(
-    port: FakePort, log: list[Any], size: int = 3, now: list[float] | None = None
+    port: FakePort,
+    log: list[Any],
+    context: WorkerContext,
+    size: int = 3,
+    now: list[float] | None = None,
 ) -> Batcher:
     clock = now or [0.0]
 
@@ -186,8 +191,9 @@ def make_batcher(
         TASK,
         per_task,
         port,  # type: ignore[arg-type]
-        write_batch,
+        functools.partial(write_batch, context),
         BatchOptions(size=size, flush_interval_s=0.2, send_events=True),
+        context.recorder,
         clock=lambda: clock[0],
     )
     batcher.start()
@@ -208,9 +214,13 @@ def messages(
 
 
 def test_a_full_buffer_goes_to_the_pool_and_is_acked_after_its_write_returned(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
-    batcher = make_batcher(port, log, size=3)
+    batcher = make_batcher(port, log, context, size=3)
     # when
     for message in messages(sample_point, log, 4):
         assert port.takers[TASK](message)
@@ -222,13 +232,18 @@ def test_a_full_buffer_goes_to_the_pool_and_is_acked_after_its_write_returned(
     # then: the write returned before any of its messages was acked
     assert log == [("written", 3), ("ack", "m0"), ("ack", "m1"), ("ack", "m2")]
     assert [task.task_id for task in port.settled_events] == ["m0", "m1", "m2"]
+    assert context.recorder.stats.snapshot()["telemetry_stored"] == 3
 
 
 def test_a_partial_buffer_is_flushed_when_its_oldest_has_waited_the_interval(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
     now = [10.0]
-    make_batcher(port, log, size=100, now=now)
+    make_batcher(port, log, context, size=100, now=now)
     for message in messages(sample_point, log, 2):
         port.takers[TASK](message)
     # then: one wake-up set, for when the oldest is due
@@ -247,15 +262,19 @@ def test_a_partial_buffer_is_flushed_when_its_oldest_has_waited_the_interval(
 
 
 def test_at_shutdown_or_a_lost_connection_held_messages_stay_unacked_for_redelivery(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
     now = [10.0]
     held = messages(sample_point, log, 2)
-    first = make_batcher(port, log, size=100, now=now)
+    first = make_batcher(port, log, context, size=100, now=now)
     for message in held:
         port.takers[TASK](message)
     # when the consumer reconnects (a new strategy on the same consumer)
-    second = make_batcher(port, log, size=100, now=now)
+    second = make_batcher(port, log, context, size=100, now=now)
     # then the old one's messages are forgotten and its timer stopped, nothing acked
     assert len(first.buffer or []) == 0 and len(port.timers) == 0
     assert second is port.slot
@@ -271,10 +290,14 @@ def test_at_shutdown_or_a_lost_connection_held_messages_stay_unacked_for_redeliv
 
 
 def test_redelivered_messages_are_written_one_at_a_time(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
     now = [10.0]
-    make_batcher(port, log, size=100, now=now)
+    make_batcher(port, log, context, size=100, now=now)
     for message in messages(sample_point, log, 3, delivery_count=1):
         port.takers[TASK](message)
     now[0] = 10.5
@@ -309,12 +332,13 @@ def test_redelivered_messages_are_written_one_at_a_time(
 def test_a_failed_or_raising_write_loses_nothing_and_acks_nothing(
     port: FakePort,
     store: RecordingStore,
+    context: WorkerContext,
     log: list[Any],
     sample_point: dict[str, Any],
     failure: Exception,
     written_first: int,
 ) -> None:
-    make_batcher(port, log, size=3)
+    make_batcher(port, log, context, size=3)
     store.failure, store.written_before_failure = failure, written_first
     batch = messages(sample_point, log, 3)
     for message in batch:
@@ -330,9 +354,13 @@ def test_a_failed_or_raising_write_loses_nothing_and_acks_nothing(
 
 
 def test_a_pool_job_that_dies_sends_its_messages_on_alone(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
-    make_batcher(port, log, size=2)
+    make_batcher(port, log, context, size=2)
     for message in messages(sample_point, log, 2):
         port.takers[TASK](message)
     [(_, _, _, on_error)] = port.jobs
@@ -344,9 +372,13 @@ def test_a_pool_job_that_dies_sends_its_messages_on_alone(
 
 
 def test_stored_duplicate_and_rejected_are_acked_and_a_failed_one_goes_on_alone(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
-    make_batcher(port, log, size=3)
+    make_batcher(port, log, context, size=3)
     fresh = FakeDelivered("a", point(sample_point, 1), log)
     again = FakeDelivered("b", point(sample_point, 1), log)
     invalid = FakeDelivered("c", {"point": {**sample_point, "gpu_uuid": ""}}, log)
@@ -362,9 +394,13 @@ def test_stored_duplicate_and_rejected_are_acked_and_a_failed_one_goes_on_alone(
 
 
 def test_retry_copies_and_messages_with_an_eta_take_the_per_task_path(
-    port: FakePort, store: RecordingStore, log: list[Any], sample_point: dict[str, Any]
+    port: FakePort,
+    store: RecordingStore,
+    context: WorkerContext,
+    log: list[Any],
+    sample_point: dict[str, Any],
 ) -> None:
-    batcher = make_batcher(port, log, size=2)
+    batcher = make_batcher(port, log, context, size=2)
     retry = FakeDelivered("r", point(sample_point, 1), log, retries=1)
     # when
     assert not port.takers[TASK](retry)

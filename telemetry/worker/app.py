@@ -39,8 +39,8 @@ from telemetry.config import (
 from telemetry.errors import ConfigError, TelemetryError
 from telemetry.observe import health, metrics
 from telemetry.observe.logs import configure_logging, current_format
-from telemetry.observe.stats import STATS, StatsReporter
-from telemetry.worker import celery_settings, runtime
+from telemetry.observe.stats import StatsReporter
+from telemetry.worker import celery_settings
 from telemetry.worker.celery_internals import (
     CELERY_DEFAULT_NODENAME,
     BaseWorker,
@@ -48,6 +48,7 @@ from telemetry.worker.celery_internals import (
     import_from_working_directory,
     pool_forks,
 )
+from telemetry.worker.context import WorkerContext, attach_context, context_of
 
 logger = logging.getLogger("telemetry.worker")
 
@@ -57,7 +58,8 @@ USER_CELERY_CONFIG = "celeryconfig"
 
 
 def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> int:
-    """Put the collector settings into Celery's terms; return the concurrency used."""
+    """Put the collector settings into Celery's terms, and attach the worker context built
+    from them to ``app``; return the concurrency used."""
     threads = concurrency or settings.queue_workers
     app.conf.worker_concurrency = threads
     # Celery's prefetch is per pool slot; QUEUE_BUFFER_SIZE bounds the total unacked.
@@ -70,7 +72,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name
     configure_broker(app, settings)
-    runtime.configure(settings)
+    attach_context(app, WorkerContext.start(settings))
     return threads
 
 
@@ -211,12 +213,19 @@ def configure_worker_logging(settings: Settings, level: int | str) -> None:
 
 def _on_setup_logging(loglevel: int | None = None, **_: Any) -> None:
     # With a receiver for this signal Celery configures no logging of its own.
-    configure_worker_logging(runtime.current_settings(), loglevel or logging.WARNING)
+    configure_worker_logging(context_of(app).settings, loglevel or logging.WARNING)
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    # A forked pool process: its own store (pymongo is not fork-safe), GPU cache and
+    # counters, made after the pool's metrics went to files (see _on_worker_after_setup).
+    attach_context(app, context_of(app).for_pool_process())
 
 
 def _on_worker_ready(sender: Any, **_: Any) -> None:
     global _reporter
-    settings = runtime.current_settings()
+    context = context_of(sender.app)
+    settings = context.settings
     try:
         with sender.connection_for_write() as connection:
             Topology.of(settings).declare(connection.default_channel)
@@ -224,11 +233,13 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
         # Logged, not fatal: the worker still consumes, and the next start declares them.
         logger.error("Could not declare the dead-letter and retry queues: %s", exc)
     try:
-        runtime.store().ensure_indexes()
+        context.store().ensure_indexes()
     except TelemetryError as exc:
         # Not fatal: the first write ensures them again, and retries until it can.
         logger.error("MongoDB not ready at start-up, indexes will be created later: %s", exc)
-    _reporter = StatsReporter(STATS, settings.instance_id, settings.stats_interval_s)
+    _reporter = StatsReporter(
+        context.recorder.stats, settings.instance_id, settings.stats_interval_s
+    )
     _reporter.start()
     logger.info(
         "Collector %s consuming %r, dead letters to %r, MongoDB database %r",
@@ -249,6 +260,7 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 
 signals.setup_logging.connect(_on_setup_logging)
+signals.worker_process_init.connect(_on_worker_process_init)
 signals.worker_ready.connect(_on_worker_ready)
 signals.worker_shutting_down.connect(_on_worker_shutting_down)
 signals.worker_shutdown.connect(_on_worker_shutdown)
@@ -262,9 +274,16 @@ def _on_worker_after_setup(instance: Any, **_: Any) -> None:
     # `celery worker` only (not the embedded demo), in the main process, before the pool forks.
     global _endpoints
     forks = pool_forks(instance.pool_cls)
+    recorder = context_of(instance.app).recorder
     _endpoints = health.start_worker_endpoints(
-        runtime.current_settings(), forks, lambda: health.check_consumer_connection(_consumer)
+        context_of(instance.app).settings,
+        forks,
+        lambda: health.check_consumer_connection(_consumer),
+        lambda: recorder.metrics.registry,
     )
+    if metrics.multiprocess_dir() is not None:
+        # The consumer counts here too (arrivals, batches in flight): into the files now.
+        recorder.renew_metrics()
 
 
 def _on_consumer_ready(sender: Any, **_: Any) -> None:
@@ -278,12 +297,12 @@ def _on_endpoints_shutdown(**_: Any) -> None:
     _endpoints = None
 
 
-def _on_task_prerun(**_: Any) -> None:
-    metrics.in_flight_inc()
+def _on_task_prerun(sender: Any, **_: Any) -> None:
+    context_of(sender.app).recorder.in_flight_inc()
 
 
-def _on_task_postrun(**_: Any) -> None:
-    metrics.in_flight_dec()
+def _on_task_postrun(sender: Any, **_: Any) -> None:
+    context_of(sender.app).recorder.in_flight_dec()
 
 
 def _on_pool_process_exit(pid: int, **_: Any) -> None:
@@ -301,5 +320,10 @@ signals.worker_process_shutdown.connect(_on_pool_process_exit)
 @inspect_command()  # type: ignore[untyped-decorator]
 def telemetry_stats(state: Any) -> dict[str, Any]:
     """This worker's collector counters (``celery -A telemetry inspect telemetry_stats``)."""
-    settings = runtime.current_settings()
-    return {"instance_id": settings.instance_id, "queue": settings.queue_name, **STATS.snapshot()}
+    context = context_of(state.consumer.app)
+    settings = context.settings
+    return {
+        "instance_id": settings.instance_id,
+        "queue": settings.queue_name,
+        **context.recorder.stats.snapshot(),
+    }

@@ -14,17 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from telemetry.observe import metrics
+from telemetry.config import Settings
 from telemetry.worker.buffer import BatchBuffer, Pending
-from telemetry.worker.celery_internals import (
-    ConsumerPort,
-    Delivered,
-    MessageHandler,
-    SettledTask,
-    result_text,
-)
+from telemetry.worker.celery_internals import ConsumerPort, Delivered, MessageHandler
 from telemetry.worker.ingest import Delivery
 from telemetry.worker.quarantine import Quarantine
+from telemetry.worker.recorder import Recorder
 from telemetry.worker.wakeups import Wakeups
 
 logger = logging.getLogger("telemetry.batching")
@@ -46,6 +41,15 @@ class BatchOptions:
     # (retries, failures, redeliveries) keeps Celery's events, so Flower shows those.
     send_events: bool
 
+    @classmethod
+    def of(cls, settings: Settings) -> BatchOptions:
+        """``BATCH_SIZE``, ``FLUSH_INTERVAL_MS`` and ``TASK_EVENTS`` from the worker's settings."""
+        return cls(
+            size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_ms / 1000,
+            send_events=settings.task_events == "all",
+        )
+
 
 class Batcher:
     """The ``telemetry.ingest`` message handler of one consumer, with batching in front.
@@ -63,14 +67,15 @@ class Batcher:
         port: ConsumerPort,
         job: BatchJob,
         options: BatchOptions,
+        recorder: Recorder,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.task_name = task_name
         self._per_task = per_task
         self._port = port
         self._job = job
-        self._send_events = options.send_events
-        self._events = port.events()
+        self._recorder = recorder
+        self._events = port.events() if options.send_events else None
         self._clock = clock
         flush_interval_s = options.flush_interval_s
         self.buffer = (
@@ -93,7 +98,7 @@ class Batcher:
         """
         previous: Batcher | None = self._port.swap_slot(self)
         if previous is not None:
-            metrics.in_flight_dec(previous.discard())
+            self._recorder.in_flight_dec(previous.discard())
         if self.buffer is not None:
             logger.info(
                 "Batch commits: up to %d points per write, flushed after %d ms",
@@ -129,7 +134,7 @@ class Batcher:
         pending = Pending(
             delivered, Delivery(str(headers["id"]), args, kwargs), self._clock(), time.time()
         )
-        metrics.in_flight_inc()
+        self._recorder.in_flight_inc()
         if suspect:
             self.quarantine.add(pending, suspect)
         elif buffer is not None:
@@ -142,7 +147,7 @@ class Batcher:
         # A buffer only ever holds deliveries of one channel (a reconnect brings a new
         # batcher). Once it closed they cannot be acked any more: RabbitMQ redelivers them.
         if not batch[0].delivered.channel_open:
-            metrics.in_flight_dec(len(batch))
+            self._recorder.in_flight_dec(len(batch))
             logger.info("Dropped %d buffered messages of a lost connection", len(batch))
             return
         started = time.monotonic()
@@ -166,7 +171,7 @@ class Batcher:
             results = [None] * len(batch)
         # In flight from buffering until here; a message handed to the per-task
         # path is counted there again, by the worker's task signals.
-        metrics.in_flight_dec(len(batch))
+        self._recorder.in_flight_dec(len(batch))
         paired = list(zip(batch, results, strict=True))
         done = [(pending, result) for pending, result in paired if result is not None]
         port = self._port
@@ -174,33 +179,11 @@ class Batcher:
         for pending, result in paired:
             if result is None:
                 port.call_soon(self.alone, pending)
-        metrics.count_batched(len(done))
         if len(self.quarantine):
             # After the acks above (the consumer runs its calls in order), so the next
             # suspect is only ever held beside settled ones.
             port.call_soon(self.next_suspect)
-        # Events only for messages settled here: the per-task path sends its own,
-        # so a message never shows as received twice.
-        if self._send_events:
-            self.report(done, time.monotonic() - started)
-
-    def report(self, done: list[tuple[Pending, str]], runtime_s: float) -> None:
-        """Send a ``task-received`` and a ``task-succeeded`` event for each settled message."""
-        # A batch has a few distinct results ("stored", "duplicate"): render each once.
-        shown = {result: result_text(result) for result in {result for _, result in done}}
-        self._events.send_settled(
-            self.task_name,
-            [
-                SettledTask(
-                    pending.delivery.message_id or "",
-                    pending.delivered.headers,
-                    pending.received_at,
-                    shown[result],
-                )
-                for pending, result in done
-            ],
-            runtime_s,
-        )
+        self._recorder.batch_settled(done, self._events, self.task_name, time.monotonic() - started)
 
     def alone(self, pending: Pending) -> None:
         """Celery's per-task path for one message, on the consumer's thread like all its calls."""

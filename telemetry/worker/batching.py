@@ -42,38 +42,39 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from telemetry.observe.stats import STATS
-from telemetry.worker import runtime
 from telemetry.worker.batcher import Batcher, BatchOptions, BatchResult
 from telemetry.worker.celery_internals import ConsumerPort, MessageHandler, make_strategy
+from telemetry.worker.context import WorkerContext, context_of
 from telemetry.worker.ingest import Delivery, ingest
 
 logger = logging.getLogger("telemetry.batching")
 
 
-def write_batch(deliveries: Sequence[Delivery]) -> BatchResult:
-    """The pool job: the one write path over a batch; never raises.
+def write_batch(context: WorkerContext, deliveries: Sequence[Delivery]) -> BatchResult:
+    """The one write path over a batch, counted by the context's recorder; never raises.
 
     An unexpected error sends every message down the per-task path, which
     reports it the way Celery reports any task error.
     """
     try:
-        outcomes = ingest(runtime.store(), STATS, deliveries, runtime.gpu_cache())
+        result = ingest(context.store(), deliveries, context.gpu_cache)
     except Exception:  # any surprise: the per-task path handles each message
         logger.exception("Batch of %d failed unexpectedly; each goes on alone", len(deliveries))
         return [None] * len(deliveries)
-    return [outcome.describe() if outcome.settled else None for outcome in outcomes]
+    context.recorder.ingested(result)
+    return [outcome.describe() if outcome.settled else None for outcome in result.outcomes]
 
 
 def build_handler(task: Any, per_task: MessageHandler, port: ConsumerPort) -> MessageHandler:
-    """The ``telemetry.ingest`` message handler: Celery's own, or batching in front of it."""
-    settings = runtime.current_settings()
-    options = BatchOptions(
-        size=settings.batch_size,
-        flush_interval_s=settings.flush_interval_ms / 1000,
-        send_events=settings.task_events == "all",
-    )
-    return Batcher(task.name, per_task, port, write_batch, options).start()
+    """The ``telemetry.ingest`` message handler: Celery's own, or batching in front of it.
+
+    The options come from the worker context on the task's app. The pool job is
+    the task's ``write_batch``: a task pickles by its name, so a forked pool
+    process runs the job with the context it built for itself.
+    """
+    context = context_of(task.app)
+    options = BatchOptions.of(context.settings)
+    return Batcher(task.name, per_task, port, task.write_batch, options, context.recorder).start()
 
 
 batch_strategy = make_strategy(build_handler)

@@ -94,6 +94,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from vine import promise
 
 from telemetry.broker.connect import BrokerConnection
+from telemetry.errors import RejectionKind
 
 logger = logging.getLogger("telemetry.celery")
 
@@ -587,7 +588,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         for name in [name for name in self.strategies if not self.accepts(name)]:
             del self.strategies[name]
 
-    def on_bad_message(self, message: Any, reason: str, kind: str) -> None:
+    def on_bad_message(self, message: Any, reason: str, kind: RejectionKind) -> None:
         """Called for a message that can never become a task; it is not settled yet."""
         raise NotImplementedError
 
@@ -636,20 +637,24 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                 self.on_bad_message(
                     message,
                     f"message body of {len(message.body)} is over the bound of {limit}",
-                    "oversize",
+                    RejectionKind.OVERSIZE,
                 )
                 return None
             decode_plain_json(message)
             problem = body_shape_problem(message)
             if problem is not None:
-                self.on_bad_message(message, f"malformed task message: {problem}", "bad_shape")
+                self.on_bad_message(
+                    message, f"malformed task message: {problem}", RejectionKind.BAD_SHAPE
+                )
                 return None
             try:
                 if takers and self._taken_first(takers, message):
                     return None
                 return handle(message)
             except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-                self.on_bad_message(message, f"malformed task message: {exc!r}", "bad_shape")
+                self.on_bad_message(
+                    message, f"malformed task message: {exc!r}", RejectionKind.BAD_SHAPE
+                )
                 return None
 
         return on_task_received
@@ -678,15 +683,17 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         """A body that is not valid for its content type."""
-        self.on_bad_message(message, f"cannot decode body: {exc}", "undecodable")
+        self.on_bad_message(message, f"cannot decode body: {exc}", RejectionKind.UNDECODABLE)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         """A disallowed content type or a malformed task message."""
-        self.on_bad_message(message, f"invalid task message: {exc}", "invalid_task")
+        self.on_bad_message(message, f"invalid task message: {exc}", RejectionKind.INVALID_TASK)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         """A message that is not a Celery task at all."""
-        self.on_bad_message(message, "not a Celery task message (no task header)", "not_a_task")
+        self.on_bad_message(
+            message, "not a Celery task message (no task header)", RejectionKind.NOT_A_TASK
+        )
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         """A task name this worker does not know: Celery dead-letters it (valid elsewhere)."""
