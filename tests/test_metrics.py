@@ -119,10 +119,12 @@ def test_a_write_that_fails_is_not_timed(
     assert sample(collector_metrics, "telemetry_messages_processed_total") == 0
 
 
-def test_in_flight_goes_up_and_down_by_n(collector_metrics: CollectorMetrics) -> None:
-    collector_metrics.in_flight_inc()
-    collector_metrics.in_flight_inc(10)
-    collector_metrics.in_flight_dec(4)
+def test_in_flight_goes_up_and_down_by_n(
+    collector_metrics: CollectorMetrics, recorder: Recorder
+) -> None:
+    recorder.in_flight_inc()
+    recorder.in_flight_inc(10)
+    recorder.in_flight_dec(4)
     assert sample(collector_metrics, "telemetry_messages_in_flight") == 7
 
 
@@ -165,7 +167,7 @@ def test_multiprocess_mode_keeps_values_in_files_and_cleans_them_up(tmp_path: Pa
         # when: metrics made after the switch
         collected = CollectorMetrics.fresh()
         collected.count(Count.TELEMETRY_STORED, 4)
-        collected.in_flight_inc(2)
+        collected.in_flight.inc(2)
         collected.observe_db_write(0.01, 4)
         # then: the values are in files, and the scrape reads them from there
         assert any(directory.glob("counter_*.db"))

@@ -13,11 +13,10 @@ A worker builds its metrics once, in its worker context
 * :meth:`CollectorMetrics.observe_latencies` ``(seconds)`` records the ingest
   latencies of a batch's stored points, each now minus the point's timestamp
   (:func:`seconds_since`);
-* :meth:`CollectorMetrics.in_flight_inc` / ``in_flight_dec`` ``(n=1)`` move
-  the gauge of messages in flight. The worker already counts each task from
-  its start to its end (Celery's ``task_prerun`` / ``task_postrun``); code
-  that holds messages past that (a batch waiting for its commit) adds them
-  itself.
+* ``in_flight``, the gauge of messages in flight: the worker counts each
+  task from its start to its end (Celery's ``task_prerun`` /
+  ``task_postrun``), and the batch path the messages it holds until their
+  commit; ``batched``, the messages a batch commit settled.
 
 In a worker whose pool forks (prefork), :func:`enable_multiprocess` runs in
 the main process before the pool starts: every process then writes its
@@ -176,18 +175,6 @@ class CollectorMetrics:
         """Record one successful database commit of ``batch_size`` points taking ``seconds``."""
         self.db_write.observe(seconds)
         self.batch_size.observe(batch_size)
-
-    def count_batched(self, n: int) -> None:
-        """``n`` messages were settled by one batch commit."""
-        self.batched.inc(n)
-
-    def in_flight_inc(self, n: int = 1) -> None:
-        """``n`` more messages are being processed."""
-        self.in_flight.inc(n)
-
-    def in_flight_dec(self, n: int = 1) -> None:
-        """``n`` messages are done with."""
-        self.in_flight.dec(n)
 
 
 _lock = threading.Lock()

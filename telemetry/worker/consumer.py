@@ -17,6 +17,7 @@ executed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -60,9 +61,10 @@ class TelemetryConsumer(GuardedConsumer):
     It runs with the worker context on its app.
     """
 
-    @property
+    @functools.cached_property
     def context(self) -> WorkerContext:
-        """The worker context of this process."""
+        """The worker context of this process (the consumer runs in the main process, whose
+        context is attached once, before the consumer is made)."""
         return context_of(self.app)
 
     def accepts(self, task_name: str) -> bool:

@@ -87,11 +87,11 @@ class Recorder:
 
     def in_flight_inc(self, n: int = 1) -> None:
         """``n`` more messages are being processed (a task running, or held for a batch)."""
-        self.metrics.in_flight_inc(n)
+        self.metrics.in_flight.inc(n)
 
     def in_flight_dec(self, n: int = 1) -> None:
         """``n`` messages are done with (a batch's messages count again if they become tasks)."""
-        self.metrics.in_flight_dec(n)
+        self.metrics.in_flight.dec(n)
 
     def batch_settled(
         self,
@@ -105,7 +105,7 @@ class Recorder:
         Only for messages settled by the batch: the per-task path sends its own,
         so a message never shows as received twice.
         """
-        self.metrics.count_batched(len(done))
+        self.metrics.batched.inc(len(done))
         if events is None:
             return
         # A batch has a few distinct results ("stored", "duplicate"): render each once.
