@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from telemetry.observe.stats import STATS
+from telemetry.observe.stats import Count
 from telemetry.worker.app import app
+from telemetry.worker.context import context_of
 
 NOOP_TASK = "bench.noop"
 
 
-@app.task(name=NOOP_TASK)  # type: ignore[untyped-decorator]
-def noop(*args: Any, **kwargs: Any) -> None:
+@app.task(name=NOOP_TASK, bind=True)  # type: ignore[untyped-decorator]
+def noop(self: Any, /, *args: Any, **kwargs: Any) -> None:
     """Count the message and return."""
-    STATS.incr("messages_processed")
+    context_of(self.app).recorder.stats.incr(Count.MESSAGES_PROCESSED)
 
 
 __all__ = ["app", "noop"]

@@ -8,12 +8,16 @@ from datetime import datetime
 
 import mongomock
 import pytest
+from celery import Celery
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from telemetry.config import ALL_ENV_NAMES, Settings, load_settings
+from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Stats
-from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
+from telemetry.store.mongo import GpuUpdate, LazyStore, MongoTelemetryStore
+from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
+from telemetry.worker.recorder import Recorder
 
 # Property tests (tests/test_fuzz_*.py) are bounded so the whole fuzz run stays under a
 # minute on a 2-core CI machine. Under CI=true they are derandomized: a red CI run
@@ -82,6 +86,26 @@ def stats() -> Stats:
 
 
 @pytest.fixture
+def collector_metrics() -> CollectorMetrics:
+    """Fresh metrics, in a registry of their own."""
+    return CollectorMetrics.fresh()
+
+
+@pytest.fixture
+def recorder(stats: Stats, collector_metrics: CollectorMetrics) -> Recorder:
+    """A recorder counting into ``stats`` and ``collector_metrics``."""
+    return Recorder(stats, collector_metrics)
+
+
+@pytest.fixture
+def worker_context(
+    settings: Settings, mock_store: MongoTelemetryStore, recorder: Recorder
+) -> WorkerContext:
+    """A worker context on the mongomock store, without a GPU cache, counting into ``recorder``."""
+    return WorkerContext(settings, LazyStore(lambda: mock_store), recorder, None)
+
+
+@pytest.fixture
 def sample_point() -> dict[str, object]:
     """One valid point as a producer sends it."""
     return {
@@ -123,3 +147,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def tmp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """monkeypatch, named for tests that only set environment variables."""
     yield monkeypatch
+
+
+@pytest.fixture
+def collector_app(worker_context: WorkerContext) -> Iterator[Celery]:
+    """The collector's Celery app, running with ``worker_context`` as a started worker would."""
+    from telemetry.worker.tasks import app  # registers telemetry.ingest
+
+    previous = vars(app).get(CONTEXT_ATTRIBUTE)
+    attach_context(app, worker_context)
+    yield app
+    if previous is None:
+        delattr(app, CONTEXT_ATTRIBUTE)
+    else:
+        attach_context(app, previous)

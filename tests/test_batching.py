@@ -11,38 +11,33 @@ from typing import Any
 import pytest
 
 from telemetry.errors import StorageUnavailable
-from telemetry.observe.stats import STATS
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker import batching, runtime
-from telemetry.worker.batching import Batcher, Pending, Quarantine, Wakeups, write_batch
+from telemetry.worker.batching import write_batch
+from telemetry.worker.buffer import BatchBuffer, Pending
+from telemetry.worker.context import WorkerContext
 from telemetry.worker.ingest import Delivery
+from telemetry.worker.quarantine import Quarantine
+from telemetry.worker.wakeups import Wakeups
 
 
 def at(point: dict[str, Any], second: int, **changes: Any) -> dict[str, Any]:
     return {**point, "timestamp": f"2025-07-18T20:42:{second:02d}Z", **changes}
 
 
-@pytest.fixture
-def job_store(mock_store: MongoTelemetryStore, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The pool job's store is the mongomock one; the process counters start at zero."""
-    monkeypatch.setattr(runtime, "store", lambda: mock_store)
-    monkeypatch.setattr(runtime, "gpu_cache", lambda: None)
-    STATS.reset()
-    yield mock_store
-    STATS.reset()
-
-
 def test_the_job_settles_stored_duplicate_and_rejected_and_leaves_failures_to_tasks(
-    job_store: MongoTelemetryStore, sample_point: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    worker_context: WorkerContext,
+    mock_store: MongoTelemetryStore,
+    sample_point: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    write_batch([Delivery("a", [], {"point": at(sample_point, 1)})])
+    write_batch(worker_context, [Delivery("a", [], {"point": at(sample_point, 1)})])
     batch = [
         Delivery("b", [], {"point": at(sample_point, 1)}),
         Delivery("c", [], {"point": at(sample_point, 2)}),
         Delivery("d", [], {"point": at(sample_point, 3, gpu_uuid="")}),
     ]
     # when
-    results = write_batch(batch)
+    results = write_batch(worker_context, batch)
     # then: settled messages carry their task result text; nothing is left to tasks
     assert results[:2] == ["duplicate", "stored"]
     assert results[2] is not None and results[2].startswith("rejected: gpu_uuid")
@@ -51,18 +46,28 @@ def test_the_job_settles_stored_duplicate_and_rejected_and_leaves_failures_to_ta
     def down(*_: Any) -> None:
         raise StorageUnavailable("storing points: connection refused")
 
-    monkeypatch.setattr(job_store, "insert_points", down)
-    assert write_batch([Delivery("e", [], {"point": at(sample_point, 4)})]) == [None]
+    monkeypatch.setattr(mock_store, "insert_points", down)
+    assert write_batch(worker_context, [Delivery("e", [], {"point": at(sample_point, 4)})]) == [
+        None
+    ]
+    # and the job counted what it settled, in the context's counters
+    counts = worker_context.recorder.stats.snapshot()
+    assert (counts["telemetry_stored"], counts["duplicates"], counts["messages_errors"]) == (
+        2,
+        1,
+        1,
+    )
 
 
 def test_an_unexpected_error_in_the_job_leaves_every_message_to_tasks(
-    job_store: MongoTelemetryStore, monkeypatch: pytest.MonkeyPatch
+    worker_context: WorkerContext, mock_store: MongoTelemetryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(batching, "ingest", broken)
-    assert write_batch([Delivery("a", [], {}), Delivery("b", [], {})]) == [None, None]
+    monkeypatch.setattr(mock_store, "record_rejected", broken)
+    deliveries = [Delivery("a", [], {}), Delivery("b", [], {})]
+    assert write_batch(worker_context, deliveries) == [None, None]
 
 
 def pending(received: float) -> Pending:
@@ -70,9 +75,9 @@ def pending(received: float) -> Pending:
     return Pending(delivered, Delivery(f"t{received}", [], {}), received, 0.0)
 
 
-def test_batcher_hands_over_a_full_batch_at_once() -> None:
+def test_buffer_hands_over_a_full_batch_at_once() -> None:
     submitted: list[list[Pending]] = []
-    batcher = Batcher(3, 0.2, submitted.append, clock=lambda: 0.0)
+    batcher = BatchBuffer(3, 0.2, submitted.append, clock=lambda: 0.0)
     # when
     for _ in range(7):
         batcher.add(pending(0.0))
@@ -81,10 +86,10 @@ def test_batcher_hands_over_a_full_batch_at_once() -> None:
     assert len(batcher) == 1
 
 
-def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval() -> None:
+def test_buffer_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval() -> None:
     now = [10.0]
     submitted: list[list[Pending]] = []
-    batcher = Batcher(100, 0.2, submitted.append, clock=lambda: now[0])
+    batcher = BatchBuffer(100, 0.2, submitted.append, clock=lambda: now[0])
     batcher.add(pending(10.0))
     batcher.add(pending(10.1))
     # when
@@ -100,9 +105,9 @@ def test_batcher_flushes_a_partial_batch_only_once_its_oldest_waited_the_interva
     assert len(batcher) == 0
 
 
-def test_batcher_says_when_its_oldest_message_is_due() -> None:
+def test_buffer_says_when_its_oldest_message_is_due() -> None:
     now = [10.0]
-    batcher = Batcher(100, 0.2, lambda batch: None, clock=lambda: now[0])
+    batcher = BatchBuffer(100, 0.2, lambda batch: None, clock=lambda: now[0])
     assert batcher.due_in() is None
     batcher.add(pending(10.0))
     batcher.add(pending(10.1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,8 +12,8 @@ from telemetry.config import load_settings
 from telemetry.errors import RejectionKind, StorageUnavailable
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker import consumer as consumer_module
 from telemetry.worker.consumer import TelemetryConsumer, message_id, raw_body
+from telemetry.worker.context import WorkerContext, attach_context
 
 
 class FakeMessage:
@@ -36,14 +37,18 @@ class FakeMessage:
         self.rejected = requeue
 
 
+def consumer_on(context: WorkerContext) -> TelemetryConsumer:
+    """A consumer object without a connection, on an app that carries ``context``."""
+    consumer = TelemetryConsumer.__new__(TelemetryConsumer)
+    consumer.app = SimpleNamespace()
+    attach_context(consumer.app, context)
+    return consumer
+
+
 @pytest.fixture
-def bare_consumer(
-    monkeypatch: pytest.MonkeyPatch, mock_store: MongoTelemetryStore, stats: Stats
-) -> TelemetryConsumer:
-    """A consumer object without a connection; only its bad-message handlers are used."""
-    monkeypatch.setattr(consumer_module.runtime, "store", lambda: mock_store)
-    monkeypatch.setattr(consumer_module, "STATS", stats)
-    return TelemetryConsumer.__new__(TelemetryConsumer)
+def bare_consumer(worker_context: WorkerContext) -> TelemetryConsumer:
+    """A consumer with the test's worker context; only its bad-message handlers are used."""
+    return consumer_on(worker_context)
 
 
 def test_malformed_json_is_recorded_counted_and_acked(
@@ -125,10 +130,7 @@ def test_an_oversize_body_is_recorded_by_its_start_and_acked(
     assert stats.snapshot()["messages_errors"] == 1
 
 
-def test_the_body_bound_is_the_max_message_bytes_setting(
-    bare_consumer: TelemetryConsumer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_body_bound_is_the_max_message_bytes_setting() -> None:
     settings = load_settings(env={"MAX_MESSAGE_BYTES": "4096"})
-    monkeypatch.setattr(consumer_module.runtime, "current_settings", lambda: settings)
-    assert bare_consumer.max_body_length() == 4096
+    assert consumer_on(WorkerContext.start(settings)).max_body_length() == 4096
     assert load_settings(env={}).max_message_bytes == 262_144

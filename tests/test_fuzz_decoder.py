@@ -31,12 +31,13 @@ from kombu.message import Message
 from telemetry.broker.topology import TASK_NAME
 from telemetry.config import Settings
 from telemetry.errors import RejectionKind
-from telemetry.observe.stats import Stats
-from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.store.mongo import LazyStore, MongoTelemetryStore
 from telemetry.worker import tasks
 from telemetry.worker.celery.delivered import Delivered
 from telemetry.worker.celery.intake import GuardedConsumer
+from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
 from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.recorder import Recorder
 from tests.fuzz_strategies import json_values, metadata_objects, point_objects, valid_points
 
 COMPRESSORS = {"gzip": gzip.compress, "zlib": zlib.compress, "bzip2": bz2.compress}
@@ -71,7 +72,6 @@ class Worker:
 
     def __init__(self, store: MongoTelemetryStore) -> None:
         self.store = store
-        self.stats = Stats()
         self.app = Celery("fuzz", set_as_current=False)
         self.taken: list[Delivery] = []
         self.requests: list[Request] = []
@@ -125,14 +125,14 @@ class Worker:
         else:
             self.handle(message)
         outcomes.extend(self.run(request) for request in self.requests)
-        for outcome in ingest(self.store, self.stats, self.taken):
+        for outcome in ingest(self.store, self.taken).outcomes:
             outcomes.append(outcome.rejection.value if outcome.rejection else outcome.kind)
         return outcomes
 
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[Worker]:
-    """A worker on a mongomock store, with the task's runtime pointed at it."""
+    """A worker on a mongomock store, the task's app running with a context on it."""
     client: mongomock.MongoClient = mongomock.MongoClient(tz_aware=True)
     database = client["telemetry"]
     database.create_collection("rejected")
@@ -140,12 +140,14 @@ def worker() -> Iterator[Worker]:
     store = MongoTelemetryStore(database, settings)
     store.upsert_gpus = lambda updates, now: None  # type: ignore[method-assign]
     built = Worker(store)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks.runtime, "store", lambda: store)
-        patch.setattr(tasks.runtime, "current_settings", lambda: settings)
-        patch.setattr(tasks.runtime, "gpu_cache", lambda: None)
-        patch.setattr(tasks, "STATS", built.stats)
-        yield built
+    app = tasks.ingest_task.app
+    previous = vars(app).get(CONTEXT_ATTRIBUTE)
+    attach_context(app, WorkerContext(settings, LazyStore(lambda: store), Recorder.fresh(), None))
+    yield built
+    if previous is None:
+        delattr(app, CONTEXT_ATTRIBUTE)
+    else:
+        attach_context(app, previous)
 
 
 task_bodies = st.builds(

@@ -10,6 +10,7 @@ from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
 from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.recorder import Recorder
 
 T0 = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
 
@@ -66,6 +67,7 @@ def test_entries_expire_so_a_lost_record_is_written_again() -> None:
 def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_trails_by_at_most_it(
     mock_store: MongoTelemetryStore,
     stats: Stats,
+    recorder: Recorder,
 ) -> None:
     # given: ten metrics at one instant, one message each, then the same 30 s and 90 s later
     cache = GpuCache(lag_s=60)
@@ -76,7 +78,7 @@ def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_tra
                 "point": point(seconds, metric).wire(),
                 "metadata": {"hostname": "h1"},
             }
-            ingest(mock_store, stats, [Delivery("m", (), body)], cache)
+            recorder.ingested(ingest(mock_store, [Delivery("m", (), body)], cache))
     # then: one upsert at 0 s, none at 30 s (within the lag), one at 90 s
     assert stats.snapshot()["gpus_stored"] == 2
     assert stats.snapshot()["telemetry_stored"] == 30

@@ -13,11 +13,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from telemetry.config import Settings
 from telemetry.demo.embedded import free_port
 from telemetry.errors import BrokerUnavailable, StorageUnavailable
 from telemetry.observe import health
+from telemetry.observe.metrics import CollectorMetrics
+
+
+def fresh_registry() -> CollectorRegistry:
+    """The registry of a worker's metrics, at zero."""
+    return CollectorMetrics.fresh().registry
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -121,7 +128,12 @@ def test_database_check_fails_fast_with_a_short_reason_when_nothing_listens() ->
 
 def test_worker_endpoints_are_off_with_port_zero(settings: Settings) -> None:
     off = settings.model_copy(update={"metrics_port": 0})
-    assert health.start_worker_endpoints(off, forks=False, broker_check=lambda: None) is None
+    assert (
+        health.start_worker_endpoints(
+            off, forks=False, broker_check=lambda: None, registry=fresh_registry
+        )
+        is None
+    )
 
 
 def test_a_taken_port_is_one_error_line_and_no_endpoints(
@@ -134,7 +146,9 @@ def test_a_taken_port_is_one_error_line_and_no_endpoints(
         busy = settings.model_copy(update={"metrics_port": taken.getsockname()[1]})
         # when
         with caplog.at_level(logging.INFO, logger="telemetry.observe.health"):
-            server = health.start_worker_endpoints(busy, forks=False, broker_check=lambda: None)
+            server = health.start_worker_endpoints(
+                busy, forks=False, broker_check=lambda: None, registry=fresh_registry
+            )
     # then
     assert server is None
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
@@ -156,7 +170,9 @@ def test_worker_endpoints_log_their_url_and_serve_the_collector_metrics(
 
     # when
     with caplog.at_level(logging.INFO, logger="telemetry.observe.health"):
-        server = health.start_worker_endpoints(configured, forks=False, broker_check=broker_down)
+        server = health.start_worker_endpoints(
+            configured, forks=False, broker_check=broker_down, registry=fresh_registry
+        )
     try:
         status, content_type, body = get(f"http://127.0.0.1:{port}/metrics")
         ready: tuple[int, Any, str] = get(f"http://127.0.0.1:{port}/readyz")

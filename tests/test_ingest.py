@@ -9,11 +9,24 @@ import pytest
 
 from telemetry.errors import InvalidMessage, RejectionKind, StorageRejected, StorageUnavailable
 from telemetry.models import split_arguments
+from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, Outcome
-from telemetry.worker.ingest import ingest as ingest_batch
+from telemetry.worker.ingest import Delivery, Outcome, ingest
+from telemetry.worker.recorder import Recorder
+
+
+def ingest_batch(
+    store: MongoTelemetryStore,
+    stats: Stats,
+    deliveries: list[Delivery],
+    gpu_cache: GpuCache | None = None,
+) -> list[Outcome]:
+    """The write path, and its outcomes counted into ``stats`` as a worker counts them."""
+    result = ingest(store, deliveries, gpu_cache)
+    Recorder(stats, CollectorMetrics.fresh()).ingested(result)
+    return result.outcomes
 
 
 def delivery(point: Any, metadata: Any = None, message_id: str = "msg-1") -> Delivery:
@@ -21,7 +34,7 @@ def delivery(point: Any, metadata: Any = None, message_id: str = "msg-1") -> Del
     return Delivery(message_id, (), kwargs)
 
 
-def ingest(store: MongoTelemetryStore, stats: Stats, point: Any, metadata: Any = None) -> str:
+def ingest_one(store: MongoTelemetryStore, stats: Stats, point: Any, metadata: Any = None) -> str:
     """One message through the write path, as the per-task path sends it: a batch of one."""
     [outcome] = ingest_batch(store, stats, [delivery(point, metadata)])
     return outcome.describe()
@@ -38,7 +51,7 @@ def test_valid_point_is_stored_with_labels_and_its_gpu_recorded(
     sample_metadata: dict[str, Any],
 ) -> None:
     # when
-    outcome = ingest(mock_store, stats, sample_point, sample_metadata)
+    outcome = ingest_one(mock_store, stats, sample_point, sample_metadata)
     # then
     assert outcome == "stored"
     stored = mock_store.database["telemetry"].find_one({}, {"_id": 0, "ingested_at": 0})
@@ -65,7 +78,7 @@ def test_valid_point_is_stored_with_labels_and_its_gpu_recorded(
 def test_message_without_metadata_still_stores_point_and_gpu(
     mock_store: MongoTelemetryStore, stats: Stats, sample_point: dict[str, Any]
 ) -> None:
-    assert ingest(mock_store, stats, sample_point) == "stored"
+    assert ingest_one(mock_store, stats, sample_point) == "stored"
     assert mock_store.database["telemetry"].count_documents({}) == 1
     gpu = mock_store.database["gpus"].find_one({"_id": sample_point["gpu_uuid"]})
     assert gpu is not None and "hostname" not in gpu
@@ -78,10 +91,10 @@ def test_message_without_metadata_keeps_what_was_known_of_the_gpu(
     sample_metadata: dict[str, Any],
 ) -> None:
     # given
-    ingest(mock_store, stats, sample_point, sample_metadata)
+    ingest_one(mock_store, stats, sample_point, sample_metadata)
     # when
     later = dict(sample_point, timestamp="2025-07-18T20:43:34Z")
-    ingest(mock_store, stats, later)
+    ingest_one(mock_store, stats, later)
     # then
     gpu = mock_store.database["gpus"].find_one({"_id": sample_point["gpu_uuid"]})
     assert gpu is not None
@@ -93,8 +106,8 @@ def test_message_without_metadata_keeps_what_was_known_of_the_gpu(
 def test_redelivered_message_is_stored_once_and_counted_as_duplicate(
     mock_store: MongoTelemetryStore, stats: Stats, sample_point: dict[str, Any]
 ) -> None:
-    assert ingest(mock_store, stats, sample_point) == "stored"
-    assert ingest(mock_store, stats, sample_point) == "duplicate"
+    assert ingest_one(mock_store, stats, sample_point) == "stored"
+    assert ingest_one(mock_store, stats, sample_point) == "duplicate"
     assert mock_store.database["telemetry"].count_documents({}) == 1
     counts = stats.snapshot()
     assert (counts["duplicates"], counts["telemetry_stored"], counts["messages_errors"]) == (
@@ -130,7 +143,7 @@ def test_message_without_required_field_is_counted_recorded_and_not_stored(
     else:
         point[field] = value
     # when
-    outcome = ingest(mock_store, stats, point)
+    outcome = ingest_one(mock_store, stats, point)
     # then
     assert outcome.startswith(f"rejected: {reason}")
     assert mock_store.database["telemetry"].count_documents({}) == 0
@@ -148,16 +161,16 @@ def test_several_messages_give_matching_statistics(
     # given: 5 points of 2 GPUs, one of them sent twice, and 2 invalid messages
     for second in range(5):
         uuid = f"GPU-{second % 2}"
-        ingest(
+        ingest_one(
             mock_store,
             stats,
             dict(sample_point, gpu_uuid=uuid, timestamp=f"2025-07-18T20:42:0{second}Z"),
         )
-    ingest(
+    ingest_one(
         mock_store, stats, dict(sample_point, gpu_uuid="GPU-0", timestamp="2025-07-18T20:42:00Z")
     )
-    ingest(mock_store, stats, dict(sample_point, gpu_uuid=""))
-    ingest(mock_store, stats, "not an object")
+    ingest_one(mock_store, stats, dict(sample_point, gpu_uuid=""))
+    ingest_one(mock_store, stats, "not an object")
     # then
     assert mock_store.database["telemetry"].count_documents({}) == 5
     assert mock_store.database["gpus"].count_documents({}) == 2
@@ -176,7 +189,7 @@ def test_several_messages_give_matching_statistics(
 def test_unparseable_labels_are_kept_raw(
     mock_store: MongoTelemetryStore, stats: Stats, sample_point: dict[str, Any]
 ) -> None:
-    ingest(mock_store, stats, dict(sample_point, labels_raw="not labels"))
+    ingest_one(mock_store, stats, dict(sample_point, labels_raw="not labels"))
     stored = mock_store.database["telemetry"].find_one()
     assert stored is not None
     assert stored["labels"] == {}
@@ -205,7 +218,7 @@ def test_a_batch_gives_one_outcome_per_message_in_order(
     mock_store: MongoTelemetryStore, stats: Stats, sample_point: dict[str, Any]
 ) -> None:
     # given: one point stored before, so its second delivery is a duplicate
-    ingest(mock_store, stats, at(sample_point, 1))
+    ingest_one(mock_store, stats, at(sample_point, 1))
     batch = [
         delivery(at(sample_point, 2), message_id="a"),
         delivery(at(sample_point, 1), message_id="b"),

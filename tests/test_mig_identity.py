@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from telemetry.models import GpuMetadata, Point
-from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import (
     GpuUpdate,
@@ -44,7 +43,7 @@ def store_all(
         Delivery(f"msg-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    return [outcome.kind for outcome in ingest(store, Stats(), deliveries, gpu_cache)]
+    return [outcome.kind for outcome in ingest(store, deliveries, gpu_cache).outcomes]
 
 
 def test_two_instances_of_one_gpu_metric_and_time_are_both_stored(

@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from telemetry.observe.stats import COUNTERS, Stats, StatsReporter, stats_line
+from telemetry.observe.stats import COUNTERS, Count, Stats, StatsReporter, stats_line
 
 
 def test_counters_add_up_across_threads(stats: Stats) -> None:
     def work() -> None:
         for _ in range(1000):
-            stats.incr("messages_processed", "telemetry_stored")
+            stats.incr(Count.MESSAGES_PROCESSED, Count.TELEMETRY_STORED)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:
@@ -26,11 +26,17 @@ def test_counters_add_up_across_threads(stats: Stats) -> None:
 
 def test_unknown_counter_is_an_error(stats: Stats) -> None:
     with pytest.raises(KeyError):
-        stats.incr("messages_lost")
+        stats.incr("messages_lost")  # type: ignore[arg-type]
+
+
+def test_several_counters_are_added_at_once(stats: Stats) -> None:
+    stats.add({Count.DUPLICATES: 2, Count.GPUS_STORED: 3})
+    assert stats.snapshot()["duplicates"] == 2
+    assert stats.snapshot()["gpus_stored"] == 3
 
 
 def test_statistics_line_is_json_with_component_instance_and_every_counter(stats: Stats) -> None:
-    stats.incr("retries", by=3)
+    stats.incr(Count.RETRIES, by=3)
     line = json.loads(stats_line(stats, "collector-1"))
     assert line["message"] == "Collector statistics"
     assert line["component"] == "collector"
@@ -53,7 +59,7 @@ def test_reporter_reports_periodically_and_once_more_on_stop(stats: Stats) -> No
     # when
     reporter.start()
     assert reported.wait(5)
-    stats.incr("telemetry_stored")
+    stats.incr(Count.TELEMETRY_STORED)
     reporter.stop()
     # then
     assert json.loads(lines[-1])["telemetry_stored"] == 1

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 
-import pytest
+from celery import Celery
 
 from telemetry.config import Settings
-from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
 from telemetry.worker.tasks import backoff_delay_s
@@ -22,18 +21,10 @@ def test_backoff_doubles_with_jitter_and_is_capped(settings: Settings) -> None:
 
 
 def test_a_keyword_argument_named_self_is_rejected_not_a_failed_call(
-    monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    mock_store: MongoTelemetryStore,
-    stats: Stats,
-    sample_point: dict[str, object],
+    collector_app: Celery, mock_store: MongoTelemetryStore, sample_point: dict[str, object]
 ) -> None:
     # found by tests/test_fuzz_decoder.py: kwargs {"self": ..., "point": ...} raised
     # TypeError (multiple values for 'self'), so the message was dead-lettered, not rejected
-    monkeypatch.setattr(tasks.runtime, "store", lambda: mock_store)
-    monkeypatch.setattr(tasks.runtime, "current_settings", lambda: settings)
-    monkeypatch.setattr(tasks.runtime, "gpu_cache", lambda: None)
-    monkeypatch.setattr(tasks, "STATS", stats)
     result = tasks.ingest_task.run(self=1, point=sample_point)
     assert result == "rejected: unexpected task arguments: ['self']"
     record = mock_store.database["rejected"].find_one()

@@ -28,11 +28,11 @@ from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import BrokerUnavailable, StorageUnavailable
-from telemetry.observe.stats import STATS
+from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore, check_database
 from telemetry.streamer.progress import ProgressBar
 from telemetry.streamer.run import StreamOptions, StreamReport, TimestampMode, run_stream
-from telemetry.worker import runtime
+from telemetry.worker.context import WorkerContext
 from telemetry.worker.in_thread import worker_in_thread
 
 DEMO_WORKER_THREADS = 4
@@ -42,20 +42,21 @@ IN_PROCESS_BROKER = "memory://localhost/"
 STALL_TIMEOUT_S = 30.0
 
 
-def settled_count() -> int:
+def settled_count(stats: Stats) -> int:
     """Messages the worker brought to a final outcome, dead letters included."""
-    counts = STATS.snapshot()
+    counts = stats.snapshot()
     return counts["messages_processed"] + counts["dead_lettered"]
 
 
 def wait_until_settled(
     expected: int,
+    stats: Stats,
     show_progress: bool,
     stop: threading.Event,
     why_stalled: Callable[[], str],
     stall_timeout_s: float = STALL_TIMEOUT_S,
 ) -> str | None:
-    """Wait until ``expected`` messages are settled; None when they are, else why not.
+    """Wait until ``stats`` count ``expected`` messages settled; None when they are, else why not.
 
     Gives up when nothing settles for ``stall_timeout_s``, and asks
     ``why_stalled`` for the reason to show.
@@ -64,7 +65,7 @@ def wait_until_settled(
     last_seen, last_change = -1, time.monotonic()
     problem: str | None = None
     while True:
-        settled = settled_count()
+        settled = settled_count(stats)
         if progress is not None:
             progress.update(min(settled, expected))
         if settled >= expected:
@@ -257,22 +258,27 @@ def run_pipeline(
     progress = show_progress if show_progress is not None else ProgressBar.wanted()
     backends = choose_backends(settings, data_dir)
     settings = backends.settings
+    context: WorkerContext | None = None
     try:
-        STATS.reset()
         since = datetime.now(UTC)
         # Nobody watches events in the demo, and the in-memory broker would only keep them.
-        with worker_in_thread(settings, DEMO_WORKER_THREADS, task_events=False):
-            store = runtime.store()
+        with worker_in_thread(settings, DEMO_WORKER_THREADS, task_events=False) as context:
+            store = context.store()
             store.ensure_indexes()
             report = source(settings, progress)
             problem = wait_until_settled(
-                report.confirmed, progress, stop, stall_diagnosis(settings), stall_timeout_s
+                report.confirmed,
+                context.recorder.stats,
+                progress,
+                stop,
+                stall_diagnosis(settings),
+                stall_timeout_s,
             )
         try:
             new_points = store.database["telemetry"].count_documents(
                 {"ingested_at": {"$gte": since}}
             )
-            result = DemoResult(report, STATS.snapshot(), new_points, problem)
+            result = DemoResult(report, context.recorder.stats.snapshot(), new_points, problem)
             (show or (lambda _, shown: print_tables(shown)))(settings, store)
         except PyMongoError as exc:
             raise StorageUnavailable(f"cannot read the results back: {exc}") from exc
@@ -284,7 +290,8 @@ def run_pipeline(
             serve_dashboard(settings, stop)
         return result.ok
     finally:
-        runtime.STORE.reset()
+        if context is not None:
+            context.close()
         if backends.server is not None:
             backends.server.stop()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CollectorRegistry
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
@@ -38,7 +39,6 @@ from telemetry.errors import (
     database_problem,
 )
 from telemetry.observe import metrics
-from telemetry.observe.stats import STATS
 
 logger = logging.getLogger("telemetry.observe.health")
 
@@ -173,8 +173,8 @@ class HealthServer:
         self,
         port: int,
         checks: Sequence[ReadinessCheck],
+        scrape: Scrape,
         host: str = BIND_HOST,
-        scrape: Scrape = metrics.exposition,
     ) -> None:
         self.checks = list(checks)
         self.scrape = scrape
@@ -241,9 +241,12 @@ class HealthServer:
 
 
 def start_worker_endpoints(
-    settings: Settings, forks: bool, broker_check: ReadinessCheck
+    settings: Settings,
+    forks: bool,
+    broker_check: ReadinessCheck,
+    registry: Callable[[], CollectorRegistry],
 ) -> HealthServer | None:
-    """Serve a worker's metrics and probes as its settings say; log where.
+    """Serve a worker's metrics (from ``registry()``) and probes as its settings say; log where.
 
     Returns None when ``METRICS_PORT`` is 0, or when the port is taken: that
     is one error line and the worker goes on without the endpoints. With a
@@ -254,7 +257,9 @@ def start_worker_endpoints(
         logger.info("Metrics and health endpoints off (METRICS_PORT=0)")
         return None
     checks: list[ReadinessCheck] = [broker_check, DatabaseCheck(settings.mongodb_uri)]
-    server = HealthServer(settings.metrics_port, checks)
+    server = HealthServer(
+        settings.metrics_port, checks, lambda accept: metrics.exposition(registry(), accept)
+    )
     try:
         server.start()
     except OSError as exc:
@@ -269,7 +274,6 @@ def start_worker_endpoints(
         directory = Path(tempfile.mkdtemp(prefix="telemetry-metrics-"))
         metrics.enable_multiprocess(directory)
         logger.info("Pool processes keep their metrics in %s, summed on each scrape", directory)
-    STATS.subscribe(metrics.count_stat)
     logger.info("Metrics and health on %s (/healthz, /readyz)", server.url("/metrics"))
     return server
 

@@ -1,37 +1,35 @@
-"""The collector's Prometheus metrics, and the small functions that record them.
+"""The collector's Prometheus metrics: one :class:`CollectorMetrics` per worker process.
 
-Call the module-level functions from anywhere in the worker; they record into
-this process's :class:`CollectorMetrics`:
+A worker builds its metrics once, in its worker context
+(:mod:`telemetry.worker.context`), and its recorder is the one writer:
 
-* :func:`count_stat` mirrors a :class:`~telemetry.stats.Stats` counter (the
-  worker subscribes it to ``STATS``, so every ``STATS.incr`` shows here too);
-* :func:`count_error` counts one rejected message by its
+* :meth:`CollectorMetrics.count` mirrors a statistics counter
+  (:class:`~telemetry.observe.stats.Count`);
+* :meth:`CollectorMetrics.count_error` counts one rejected message by its
   :class:`~telemetry.errors.RejectionKind`, a bounded label;
-* :func:`observe_db_write` ``(seconds, batch_size)`` records one database
-  commit: how long it took and how many points it wrote;
-  :func:`db_write_timer` ``(batch_size)`` times a block and records it if the
-  block does not raise;
-* :func:`observe_latencies` ``(seconds)`` records the ingest latencies of a
-  batch's stored points, each now minus the point's timestamp
+* :meth:`CollectorMetrics.observe_db_write` ``(seconds, batch_size)``
+  records one database commit: how long it took and how many points it
+  wrote;
+* :meth:`CollectorMetrics.observe_latencies` ``(seconds)`` records the ingest
+  latencies of a batch's stored points, each now minus the point's timestamp
   (:func:`seconds_since`);
-* :func:`in_flight_inc` / :func:`in_flight_dec` ``(n=1)`` move the gauge of
-  messages in flight. The worker already counts each task from its start to
-  its end (Celery's ``task_prerun`` / ``task_postrun``); code that holds
-  messages past that (a batch waiting for its commit) adds them itself.
+* ``in_flight``, the gauge of messages in flight: the worker counts each
+  task from its start to its end (Celery's ``task_prerun`` /
+  ``task_postrun``), and the batch path the messages it holds until their
+  commit; ``batched``, the messages a batch commit settled.
 
 In a worker whose pool forks (prefork), :func:`enable_multiprocess` runs in
 the main process before the pool starts: every process then writes its
 values to files in one directory, and :func:`exposition` sums them
-(prometheus_client's multiprocess mode).
+(prometheus_client's multiprocess mode). Metrics made before the switch keep
+their values in memory, so the main process makes its metrics anew after it.
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,26 +49,30 @@ from telemetry.observe.prometheus_door import (
     use_multiprocess_values,
     use_process_values,
 )
+from telemetry.observe.stats import Count
 
 # Where prometheus_client's multiprocess mode keeps its files; the library reads it.
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # Stats counter → (Prometheus counter, help). ``messages_errors`` is not here:
 # it is counted with its reason by count_error.
-STAT_COUNTERS: dict[str, tuple[str, str]] = {
-    "queue_delivered": (
+STAT_COUNTERS: dict[Count, tuple[str, str]] = {
+    Count.QUEUE_DELIVERED: (
         "telemetry_messages_delivered",
         "Messages this worker took from the queue (each retry copy counts again).",
     ),
-    "messages_processed": (
+    Count.MESSAGES_PROCESSED: (
         "telemetry_messages_processed",
         "Messages brought to a final, acked outcome: stored, duplicate or rejected.",
     ),
-    "telemetry_stored": ("telemetry_points_stored", "New documents in the telemetry collection."),
-    "gpus_stored": ("telemetry_gpus_stored", "GPU upserts acknowledged by MongoDB."),
-    "duplicates": ("telemetry_duplicates", "Points that were already stored."),
-    "retries": ("telemetry_retries", "Retries scheduled after a storage failure."),
-    "dead_lettered": (
+    Count.TELEMETRY_STORED: (
+        "telemetry_points_stored",
+        "New documents in the telemetry collection.",
+    ),
+    Count.GPUS_STORED: ("telemetry_gpus_stored", "GPU upserts acknowledged by MongoDB."),
+    Count.DUPLICATES: ("telemetry_duplicates", "Points that were already stored."),
+    Count.RETRIES: ("telemetry_retries", "Retries scheduled after a storage failure."),
+    Count.DEAD_LETTERED: (
         "telemetry_dead_lettered",
         "Messages rejected to the dead-letter queue.",
     ),
@@ -137,67 +139,35 @@ class CollectorMetrics:
             multiprocess_mode="livesum",
         )
 
+    @classmethod
+    def fresh(cls) -> CollectorMetrics:
+        """Every metric at zero, in a registry of its own."""
+        return cls(CollectorRegistry(auto_describe=True))
+
+    def count(self, name: Count, by: int = 1) -> None:
+        """Add ``by`` to the counter that mirrors the statistics counter ``name``, if any."""
+        counter = self.counters.get(name)
+        if counter is not None:
+            counter.inc(by)
+
+    def count_error(self, kind: RejectionKind, by: int = 1) -> None:
+        """Count ``by`` invalid messages under their kind."""
+        self.errors.labels(reason=kind.value).inc(by)
+
+    def observe_latencies(self, seconds: Sequence[float]) -> None:
+        """Record the ingest latencies of stored points, as observing each in turn would,
+        a batch at once (:func:`~telemetry.observe.prometheus_door.observe_all`)."""
+        if seconds:
+            observe_all(self.latency, seconds)
+
+    def observe_db_write(self, seconds: float, batch_size: int) -> None:
+        """Record one successful database commit of ``batch_size`` points taking ``seconds``."""
+        self.db_write.observe(seconds)
+        self.batch_size.observe(batch_size)
+
 
 _lock = threading.Lock()
-_current = CollectorMetrics(CollectorRegistry(auto_describe=True))
 _multiprocess_dir: Path | None = None
-
-
-def reset() -> CollectorMetrics:
-    """Start again from zero in a fresh registry (for tests); return the new metrics."""
-    global _current
-    with _lock:
-        _current = CollectorMetrics(CollectorRegistry(auto_describe=True))
-        return _current
-
-
-def count_stat(name: str, by: int = 1) -> None:
-    """Add ``by`` to the counter that mirrors the statistics counter ``name``, if there is one."""
-    counter = _current.counters.get(name)
-    if counter is not None:
-        counter.inc(by)
-
-
-def count_error(kind: RejectionKind) -> None:
-    """Count one invalid message under its kind."""
-    _current.errors.labels(reason=kind.value).inc()
-
-
-def observe_latencies(seconds: Sequence[float]) -> None:
-    """Record the ingest latencies of stored points, as observing each in turn would,
-    a batch at once (:func:`~telemetry.observe.prometheus_door.observe_all`)."""
-    if not seconds:
-        return
-    observe_all(_current.latency, seconds)
-
-
-def observe_db_write(seconds: float, batch_size: int) -> None:
-    """Record one successful database commit of ``batch_size`` points taking ``seconds``."""
-    _current.db_write.observe(seconds)
-    _current.batch_size.observe(batch_size)
-
-
-@contextmanager
-def db_write_timer(batch_size: int) -> Iterator[None]:
-    """Time the block as one commit of ``batch_size`` points; nothing is recorded if it raises."""
-    started = time.perf_counter()
-    yield
-    observe_db_write(time.perf_counter() - started, batch_size)
-
-
-def count_batched(n: int) -> None:
-    """``n`` messages were settled by one batch commit."""
-    _current.batched.inc(n)
-
-
-def in_flight_inc(n: int = 1) -> None:
-    """``n`` more messages are being processed."""
-    _current.in_flight.inc(n)
-
-
-def in_flight_dec(n: int = 1) -> None:
-    """``n`` messages are done with."""
-    _current.in_flight.dec(n)
 
 
 def enable_multiprocess(directory: Path) -> None:
@@ -207,20 +177,19 @@ def enable_multiprocess(directory: Path) -> None:
     fresh and empty. prometheus_client picks its value class when it is first
     imported, from ``PROMETHEUS_MULTIPROC_DIR``; here the worker decides only
     once it knows its pool, so the class is chosen again with the library's
-    own factory, and the metrics are made anew with it.
+    own factory. Metrics made from then on (:meth:`CollectorMetrics.fresh`)
+    keep their values in the files.
     """
-    global _current, _multiprocess_dir
+    global _multiprocess_dir
     with _lock:
         set_process_environment(MULTIPROC_DIR_VARIABLE, str(directory))
         use_multiprocess_values()
         _multiprocess_dir = directory
-        # Not the registry scraped: that one reads the files (see exposition).
-        _current = CollectorMetrics(CollectorRegistry(auto_describe=True))
 
 
 def disable_multiprocess() -> None:
     """Back to values in this process only; the files and their directory are deleted."""
-    global _current, _multiprocess_dir
+    global _multiprocess_dir
     with _lock:
         if _multiprocess_dir is None:
             return
@@ -228,7 +197,6 @@ def disable_multiprocess() -> None:
         shutil.rmtree(_multiprocess_dir, ignore_errors=True)
         set_process_environment(MULTIPROC_DIR_VARIABLE, None)
         _multiprocess_dir = None
-        _current = CollectorMetrics(CollectorRegistry(auto_describe=True))
 
 
 def multiprocess_dir() -> Path | None:
@@ -242,11 +210,15 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid, str(_multiprocess_dir))  # type: ignore[no-untyped-call]
 
 
-def exposition(accept: str | None = None) -> tuple[bytes, str]:
-    """The scrape body and its content type, in the format the ``Accept`` header asks for."""
+def exposition(registry: CollectorRegistry, accept: str | None = None) -> tuple[bytes, str]:
+    """The scrape body and its content type, in the format the ``Accept`` header asks for.
+
+    ``registry`` is this process's; in multiprocess mode the files of every
+    process are read instead.
+    """
     encoder, content_type = choose_encoder(accept or "")
     if _multiprocess_dir is None:
-        return encoder(_current.registry), content_type
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(_multiprocess_dir))  # type: ignore[no-untyped-call]
-    return encoder(registry), content_type
+        return encoder(registry), content_type
+    summed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(summed, path=str(_multiprocess_dir))  # type: ignore[no-untyped-call]
+    return encoder(summed), content_type

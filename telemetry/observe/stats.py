@@ -1,70 +1,60 @@
 """Collector counters and their periodic JSON report.
 
-The worker runs the threads pool, so one :class:`Stats` per process holds the
-totals of every task that process ran.
+Each worker process keeps one :class:`Stats` in its worker context
+(:mod:`telemetry.worker.context`), holding the totals of every message that
+process handled; the worker's recorder is the one writer.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-COUNTERS = (
-    "messages_processed",
-    "messages_errors",
-    "gpus_stored",
-    "telemetry_stored",
-    "queue_delivered",
-    "duplicates",
-    "retries",
-    "dead_lettered",
-)
+
+class Count(enum.StrEnum):
+    """The collector's counters, by the name the statistics line gives each."""
+
+    MESSAGES_PROCESSED = "messages_processed"
+    MESSAGES_ERRORS = "messages_errors"
+    GPUS_STORED = "gpus_stored"
+    TELEMETRY_STORED = "telemetry_stored"
+    QUEUE_DELIVERED = "queue_delivered"
+    DUPLICATES = "duplicates"
+    RETRIES = "retries"
+    DEAD_LETTERED = "dead_lettered"
+
+
+COUNTERS = tuple(count.value for count in Count)
 
 logger = logging.getLogger("telemetry.stats")
 
 
 class Stats:
-    """Thread-safe counters named in :data:`COUNTERS`."""
+    """Thread-safe counters, one per :class:`Count`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTERS, 0)
-        # Replaced, never changed in place, so incr can call them outside the lock
-        # without copying the list on every call (it runs once per message).
-        self._listeners: tuple[Callable[[str, int], None], ...] = ()
+        self._values = dict.fromkeys(Count, 0)
 
-    def subscribe(self, listener: Callable[[str, int], None]) -> None:
-        """Call ``listener(name, by)`` after each counter :meth:`incr` adds to (once per listener).
-
-        The worker mirrors its counters into Prometheus this way.
-        """
-        with self._lock:
-            if listener not in self._listeners:
-                self._listeners = (*self._listeners, listener)
-
-    def incr(self, *names: str, by: int = 1) -> None:
+    def incr(self, *names: Count, by: int = 1) -> None:
         """Add ``by`` to each named counter."""
         with self._lock:
             for name in names:
-                if name not in self._values:
-                    raise KeyError(f"unknown counter {name!r}")
                 self._values[name] += by
-            listeners = self._listeners
-        for listener in listeners:
-            for name in names:
-                listener(name, by)
+
+    def add(self, counts: Mapping[Count, int]) -> None:
+        """Add each of ``counts`` to its counter, all under one lock."""
+        with self._lock:
+            for name, by in counts.items():
+                self._values[name] += by
 
     def snapshot(self) -> dict[str, int]:
-        """A consistent copy of every counter."""
+        """A consistent copy of every counter, by its name."""
         with self._lock:
-            return dict(self._values)
-
-    def reset(self) -> None:
-        """Set every counter back to zero (for tests and the embedded demo)."""
-        with self._lock:
-            self._values = dict.fromkeys(COUNTERS, 0)
+            return {name.value: value for name, value in self._values.items()}
 
 
 STATS_MESSAGE = "Collector statistics"
@@ -124,7 +114,3 @@ class StatsReporter:
             self._emit(stats_line(self._stats, self._instance_id))
         else:
             logger.info(STATS_MESSAGE, extra=stats_fields(self._stats, self._instance_id))
-
-
-STATS = Stats()
-"""The counters of this process."""

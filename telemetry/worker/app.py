@@ -1,4 +1,5 @@
-"""The Celery application, its worker flags and its start and stop hooks.
+"""The Celery application and its worker flags; its start and stop hooks are in
+:mod:`telemetry.worker.hooks`.
 
 ``celery -A telemetry worker`` finds :data:`app` through ``telemetry/__init__.py``.
 Celery settings come from :mod:`telemetry.worker.celery_settings`, then a
@@ -23,8 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import click
-from celery import Celery, current_task, signals
-from celery.worker.control import inspect_command
+from celery import Celery
 
 from telemetry.broker.connect import Broker, login_refused
 from telemetry.broker.topology import Topology, topology_problem
@@ -36,18 +36,17 @@ from telemetry.config import (
     flag_name,
     load_settings,
 )
-from telemetry.errors import ConfigError, TelemetryError
-from telemetry.observe import health, metrics
-from telemetry.observe.logs import configure_logging, current_format
-from telemetry.observe.stats import STATS, StatsReporter
-from telemetry.worker import celery_settings, runtime
+from telemetry.errors import ConfigError
+from telemetry.observe.logs import current_format
+from telemetry.worker import celery_settings
 from telemetry.worker.celery.process import (
     CELERY_DEFAULT_NODENAME,
     BaseWorker,
     TelemetryAMQP,
     import_from_working_directory,
-    pool_forks,
 )
+from telemetry.worker.context import WorkerContext, attach_context
+from telemetry.worker.hooks import WorkerHooks, configure_worker_logging
 
 logger = logging.getLogger("telemetry.worker")
 
@@ -57,7 +56,8 @@ USER_CELERY_CONFIG = "celeryconfig"
 
 
 def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> int:
-    """Put the collector settings into Celery's terms; return the concurrency used."""
+    """Put the collector settings into Celery's terms, and attach the worker context built
+    from them to ``app``; return the concurrency used."""
     threads = concurrency or settings.queue_workers
     app.conf.worker_concurrency = threads
     # Celery's prefetch is per pool slot; QUEUE_BUFFER_SIZE bounds the total unacked.
@@ -70,7 +70,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name
     configure_broker(app, settings)
-    runtime.configure(settings)
+    attach_context(app, WorkerContext.start(settings))
     return threads
 
 
@@ -193,113 +193,6 @@ def _broker_url_from_file(source: Any, **_: Any) -> None:
 
 app.on_after_configure.connect(_broker_url_from_file, weak=False)
 
-_reporter: StatsReporter | None = None
-
-
-def _task_fields() -> dict[str, object]:
-    """The id of the task this thread is running, for every log line it writes."""
-    if not current_task:
-        return {}
-    return {"task_id": current_task.request.id}
-
-
-def configure_worker_logging(settings: Settings, level: int | str) -> None:
-    """Every log line of the worker, Celery's and Python warnings included, through one handler."""
-    configure_logging(settings.instance_id, settings.log_format, level, context=_task_fields)
-    logging.captureWarnings(True)
-
-
-def _on_setup_logging(loglevel: int | None = None, **_: Any) -> None:
-    # With a receiver for this signal Celery configures no logging of its own.
-    configure_worker_logging(runtime.current_settings(), loglevel or logging.WARNING)
-
-
-def _on_worker_ready(sender: Any, **_: Any) -> None:
-    global _reporter
-    settings = runtime.current_settings()
-    try:
-        with sender.connection_for_write() as connection:
-            Topology.of(settings).declare(connection.default_channel)
-    except (TelemetryError, *sender.connection_errors, *sender.channel_errors) as exc:
-        # Logged, not fatal: the worker still consumes, and the next start declares them.
-        logger.error("Could not declare the dead-letter and retry queues: %s", exc)
-    try:
-        runtime.store().ensure_indexes()
-    except TelemetryError as exc:
-        # Not fatal: the first write ensures them again, and retries until it can.
-        logger.error("MongoDB not ready at start-up, indexes will be created later: %s", exc)
-    _reporter = StatsReporter(STATS, settings.instance_id, settings.stats_interval_s)
-    _reporter.start()
-    logger.info(
-        "Collector %s consuming %r, dead letters to %r, MongoDB database %r",
-        settings.instance_id,
-        settings.queue_name,
-        Topology.of(settings).dead_name,
-        settings.mongodb_db,
-    )
-
-
-def _on_worker_shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
-    logger.info("%s shutdown on %s", how, sig, extra={"signal": sig, "shutdown": how.lower()})
-
-
-def _on_worker_shutdown(**_: Any) -> None:
-    if _reporter is not None:
-        _reporter.stop()
-
-
-signals.setup_logging.connect(_on_setup_logging)
-signals.worker_ready.connect(_on_worker_ready)
-signals.worker_shutting_down.connect(_on_worker_shutting_down)
-signals.worker_shutdown.connect(_on_worker_shutdown)
-
-
-_endpoints: health.HealthServer | None = None
-_consumer: Any = None
-
-
-def _on_worker_after_setup(instance: Any, **_: Any) -> None:
-    # `celery worker` only (not the embedded demo), in the main process, before the pool forks.
-    global _endpoints
-    forks = pool_forks(instance.pool_cls)
-    _endpoints = health.start_worker_endpoints(
-        runtime.current_settings(), forks, lambda: health.check_consumer_connection(_consumer)
-    )
-
-
-def _on_consumer_ready(sender: Any, **_: Any) -> None:
-    global _consumer
-    _consumer = sender
-
-
-def _on_endpoints_shutdown(**_: Any) -> None:
-    global _endpoints
-    health.stop_worker_endpoints(_endpoints)
-    _endpoints = None
-
-
-def _on_task_prerun(**_: Any) -> None:
-    metrics.in_flight_inc()
-
-
-def _on_task_postrun(**_: Any) -> None:
-    metrics.in_flight_dec()
-
-
-def _on_pool_process_exit(pid: int, **_: Any) -> None:
-    metrics.mark_process_dead(pid)
-
-
-signals.celeryd_after_setup.connect(_on_worker_after_setup)
-signals.worker_ready.connect(_on_consumer_ready)
-signals.worker_shutdown.connect(_on_endpoints_shutdown)
-signals.task_prerun.connect(_on_task_prerun)
-signals.task_postrun.connect(_on_task_postrun)
-signals.worker_process_shutdown.connect(_on_pool_process_exit)
-
-
-@inspect_command()  # type: ignore[untyped-decorator]
-def telemetry_stats(state: Any) -> dict[str, Any]:
-    """This worker's collector counters (``celery -A telemetry inspect telemetry_stats``)."""
-    settings = runtime.current_settings()
-    return {"instance_id": settings.instance_id, "queue": settings.queue_name, **STATS.snapshot()}
+hooks = WorkerHooks(app)
+"""The worker's start and stop hooks, connected for :data:`app`."""
+hooks.connect()

@@ -17,15 +17,14 @@ executed.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from telemetry.errors import RejectionKind
-from telemetry.observe import metrics
-from telemetry.observe.stats import STATS
 from telemetry.store.mongo import RAW_MESSAGE_MAX_CHARS
-from telemetry.worker import runtime
 from telemetry.worker.celery.intake import GuardedConsumer
 from telemetry.worker.celery.message import ReceivedMessage
+from telemetry.worker.context import WorkerContext, context_of
 from telemetry.worker.ingest import reject_undecodable
 
 logger = logging.getLogger("telemetry.consumer")
@@ -57,7 +56,16 @@ CELERY_BUILT_IN_PREFIX = "celery."
 
 
 class TelemetryConsumer(GuardedConsumer):
-    """Celery's consumer, with arrivals counted and bad messages recorded instead of only logged."""
+    """Celery's consumer, with arrivals counted and bad messages recorded instead of only logged.
+
+    It runs with the worker context on its app.
+    """
+
+    @functools.cached_property
+    def context(self) -> WorkerContext:
+        """The worker context of this process (the consumer runs in the main process, whose
+        context is attached once, before the consumer is made)."""
+        return context_of(self.app)
 
     def accepts(self, task_name: str) -> bool:
         """The app's own tasks, never Celery's built-ins (``celery.map``, ``celery.chord_unlock``,
@@ -67,11 +75,11 @@ class TelemetryConsumer(GuardedConsumer):
 
     def max_body_length(self) -> int:
         """``MAX_MESSAGE_BYTES``."""
-        return runtime.current_settings().max_message_bytes
+        return self.context.settings.max_message_bytes
 
     def on_arrival(self, message: ReceivedMessage) -> None:
         """Count every message taken from the queue, once."""
-        STATS.incr("queue_delivered")
+        self.context.recorder.arrived()
 
     def on_bad_message(self, message: ReceivedMessage, reason: str, kind: RejectionKind) -> None:
         """Record and ack a message that can never become a task; dead-letter it if we cannot."""
@@ -79,19 +87,17 @@ class TelemetryConsumer(GuardedConsumer):
             # Celery already settled it before failing; settling twice would close the channel.
             logger.error("Bad message %s after it was settled: %s", message_id(message), reason)
             return
-        outcome = reject_undecodable(
-            runtime.store(),
-            STATS,
-            reason,
-            kind,
-            message_id(message),
-            raw_body(message),
+        context = self.context
+        result = reject_undecodable(
+            context.store(), reason, kind, message_id(message), raw_body(message)
         )
+        context.recorder.ingested(result)
+        [outcome] = result.outcomes
         if not outcome.settled:
             logger.error(
                 "Could not record bad message, dead-lettering it: %s (%s)", reason, outcome.error
             )
-            STATS.incr("dead_lettered")
+            context.recorder.dead_lettered()
             message.reject(requeue=False)
             return
         message.ack()
@@ -106,5 +112,4 @@ class TelemetryConsumer(GuardedConsumer):
             str(headers.get("task"))[:200],
             RejectionKind.UNKNOWN_TASK.value,
         )
-        metrics.count_error(RejectionKind.UNKNOWN_TASK)
-        STATS.incr("dead_lettered")
+        self.context.recorder.unknown_task()

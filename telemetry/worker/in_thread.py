@@ -11,16 +11,21 @@ from telemetry.config import Settings, masked
 from telemetry.errors import TelemetryError
 from telemetry.worker.app import app, apply_settings
 from telemetry.worker.celery.process import stoppable_worker_thread
+from telemetry.worker.context import WorkerContext, context_of
 
 
 @contextmanager
-def worker_in_thread(settings: Settings, threads: int, task_events: bool) -> Iterator[None]:
+def worker_in_thread(
+    settings: Settings, threads: int, task_events: bool
+) -> Iterator[WorkerContext]:
     """Run a worker with ``threads`` pool threads until the block ends (warm shutdown).
 
-    ``task_events`` False sends no task events for Flower, whatever the settings say.
+    The block gets the worker's context (its store and counters). ``task_events`` False
+    sends no task events for Flower, whatever the settings say.
     """
     app.conf.broker_url = settings.broker_url
     concurrency = apply_settings(app, settings, threads)
+    context = context_of(app)
     if not task_events:
         app.conf.worker_send_task_events = False
     ready = threading.Event()
@@ -42,7 +47,7 @@ def worker_in_thread(settings: Settings, threads: int, task_events: bool) -> Ite
                 f"the embedded worker did not start on {masked(settings.broker_url)}"
             )
         try:
-            yield
+            yield context
         finally:
             stop_worker()
             thread.join(60)

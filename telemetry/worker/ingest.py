@@ -9,22 +9,24 @@ messages and returns one :class:`Outcome` per message, in order:
   counted, and retrying cannot help;
 * ``failed``: storage failed, with the error. A :class:`StorageUnavailable`
   is worth a retry, a :class:`StorageRejected` is not. Nothing is counted
-  for it here: whoever retries the message counts its final outcome.
+  for it: whoever retries the message counts its final outcome.
 
-Every outcome counter (processed, stored, duplicates, errors, GPU upserts),
-the write timer and the ingest latency are recorded here and nowhere else,
-so the per-task path, the batch path and the demo count alike. Messages
-taken from the queue are counted where they arrive (the consumer), retries
-and dead letters where Celery decides them (the task).
+It counts nothing itself: it returns the outcomes with what the write did
+(:class:`Ingested`: GPU upserts, the write's time, the stored points'
+latencies), and the caller hands that to the worker's recorder
+(:class:`telemetry.worker.recorder.Recorder`), so the per-task path, the
+batch path and the demo count alike.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 from telemetry.errors import (
     InvalidMessage,
@@ -33,14 +35,12 @@ from telemetry.errors import (
     StorageUnavailable,
 )
 from telemetry.models import GpuMetadata, Point, parse_task_arguments
-from telemetry.observe import metrics
-from telemetry.observe.stats import Stats
+from telemetry.observe.metrics import seconds_since
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore, RejectedMessage, point_document
 
 logger = logging.getLogger("telemetry.ingest")
 
-OutcomeKind = Literal["stored", "duplicate", "rejected", "failed"]
 StorageError = StorageUnavailable | StorageRejected
 
 
@@ -56,6 +56,15 @@ class Delivery(NamedTuple):
     kwargs: Mapping[str, Any]
 
 
+class OutcomeKind(enum.StrEnum):
+    """What became of one message."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one message; ``reason`` and ``rejection`` say why it was rejected."""
@@ -68,23 +77,34 @@ class Outcome:
     @property
     def settled(self) -> bool:
         """Whether the message reached a final outcome and may be acked."""
-        return self.kind != "failed"
+        return self.kind is not OutcomeKind.FAILED
 
     def describe(self) -> str:
         """A short text for task results (what Flower shows)."""
-        return self.kind if self.reason is None else f"{self.kind}: {self.reason}"
+        kind = self.kind.value
+        return kind if self.reason is None else f"{kind}: {self.reason}"
 
 
-STORED = Outcome("stored")
-DUPLICATE = Outcome("duplicate")
+STORED = Outcome(OutcomeKind.STORED)
+DUPLICATE = Outcome(OutcomeKind.DUPLICATE)
+
+
+@dataclass
+class Ingested:
+    """What one call of :func:`ingest` did: an outcome per message, and its writes' facts."""
+
+    outcomes: list[Outcome]
+    gpus_written: int = 0  # GPU upserts the database acknowledged
+    write_s: float | None = None  # the points' write, when it succeeded
+    points_written: int = 0  # how many points that write carried
+    latencies_s: list[float] = field(default_factory=list)  # of the points newly stored
 
 
 def ingest(
     store: MongoTelemetryStore,
-    stats: Stats,
     deliveries: Sequence[Delivery],
     gpu_cache: GpuCache | None = None,
-) -> list[Outcome]:
+) -> Ingested:
     """Validate and store ``deliveries``; one outcome each, in order. Never raises for storage.
 
     Invalid messages are recorded in one write; the GPUs that need it are
@@ -115,89 +135,88 @@ def ingest(
             for _, exc, delivery in invalid
         ]
         for (index, _, _), outcome in zip(
-            invalid, record_rejections(store, stats, rejections), strict=True
+            invalid, record_rejections(store, rejections), strict=True
         ):
             outcomes[index] = outcome
+    result = Ingested([])
     if valid:
-        stored = store_points(store, stats, [(point, meta) for _, point, meta in valid], gpu_cache)
-        for (index, _, _), outcome in zip(valid, stored, strict=True):
+        result = store_points(store, [(point, meta) for _, point, meta in valid], gpu_cache)
+        for (index, _, _), outcome in zip(valid, result.outcomes, strict=True):
             outcomes[index] = outcome
-    return [outcome for outcome in outcomes if outcome is not None]
+    result.outcomes = [outcome for outcome in outcomes if outcome is not None]
+    return result
 
 
 def store_points(
     store: MongoTelemetryStore,
-    stats: Stats,
     points: Sequence[tuple[Point, GpuMetadata]],
     gpu_cache: GpuCache | None,
-) -> list[Outcome]:
+) -> Ingested:
     """Upsert the points' GPUs, then insert the points; one outcome per point."""
     now = datetime.now(UTC)
     updates = GpuUpdate.merge(points)
     if gpu_cache is not None:
         updates = [update for update in updates if gpu_cache.needs_write(update)]
     documents = [point_document(point, metadata, now) for point, metadata in points]
+    gpus_written = 0
     try:
-        with metrics.db_write_timer(batch_size=len(points)):
-            store.upsert_gpus(updates, now)
-            stats.incr("gpus_stored", by=len(updates))
-            if gpu_cache is not None:
-                for update in updates:
-                    gpu_cache.remember(update)
-            results = store.insert_points(documents)
+        started = time.perf_counter()
+        store.upsert_gpus(updates, now)
+        gpus_written = len(updates)
+        if gpu_cache is not None:
+            for update in updates:
+                gpu_cache.remember(update)
+        results = store.insert_points(documents)
+        write_s = time.perf_counter() - started
     except (StorageUnavailable, StorageRejected) as exc:
         logger.warning("Writing %d points failed: %s", len(points), exc)
-        return [Outcome("failed", error=exc)] * len(points)
+        return Ingested([failed(exc)] * len(points), gpus_written)
 
     written = datetime.now(UTC)  # one clock reading for the batch's latencies
     latencies: list[float] = []
     outcomes: list[Outcome] = []
     for (point, _), result in zip(points, results, strict=True):
         if result == "stored":
-            latencies.append(metrics.seconds_since(point.timestamp, written))
+            latencies.append(seconds_since(point.timestamp, written))
             outcomes.append(STORED)
         elif result == "duplicate":
             outcomes.append(DUPLICATE)
         else:
-            outcomes.append(Outcome("failed", error=result))
-    metrics.observe_latencies(latencies)
-    stored = sum(outcome is STORED for outcome in outcomes)
-    duplicates = sum(outcome is DUPLICATE for outcome in outcomes)
-    stats.incr("messages_processed", by=stored + duplicates)
-    stats.incr("telemetry_stored", by=stored)
-    stats.incr("duplicates", by=duplicates)
-    return outcomes
+            outcomes.append(failed(result))
+    return Ingested(outcomes, gpus_written, write_s, len(points), latencies)
+
+
+def failed(error: StorageError) -> Outcome:
+    """The outcome of a message whose write failed with ``error``."""
+    return Outcome(OutcomeKind.FAILED, error=error)
 
 
 def record_rejections(
-    store: MongoTelemetryStore, stats: Stats, rejections: Sequence[RejectedMessage]
+    store: MongoTelemetryStore, rejections: Sequence[RejectedMessage]
 ) -> list[Outcome]:
-    """Record, count and log invalid messages; all ``failed`` if the record cannot be written."""
+    """Record and log invalid messages; all ``failed`` if the record cannot be written."""
     try:
         store.record_rejected(rejections)
     except (StorageUnavailable, StorageRejected) as exc:
         logger.warning("Could not record %d invalid messages: %s", len(rejections), exc)
-        return [Outcome("failed", error=exc)] * len(rejections)
+        return [failed(exc)] * len(rejections)
     outcomes = []
     for rejection in rejections:
-        kind = RejectionKind(rejection.kind)
-        metrics.count_error(kind)
         logger.warning("Rejected invalid message %s: %s", rejection.message_id, rejection.reason)
-        outcomes.append(Outcome("rejected", rejection.reason, kind))
-    stats.incr("messages_errors", "messages_processed", by=len(rejections))
+        outcomes.append(
+            Outcome(OutcomeKind.REJECTED, rejection.reason, RejectionKind(rejection.kind))
+        )
     return outcomes
 
 
 def reject_undecodable(
     store: MongoTelemetryStore,
-    stats: Stats,
     reason: str,
     kind: RejectionKind,
     message_id: str | None,
     raw: Any,
-) -> Outcome:
+) -> Ingested:
     """Record a message that never became a task (bad body, bad shape) like any invalid one."""
-    [outcome] = record_rejections(
-        store, stats, [RejectedMessage(reason, kind.value, message_id, raw)]
+    return Ingested(
+        record_rejections(store, [RejectedMessage(reason, kind.value, message_id, raw)])
     )
-    return outcome

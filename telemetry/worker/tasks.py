@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
@@ -23,9 +24,10 @@ from celery import Task
 from telemetry.broker.topology import ERROR_HEADER, TASK_NAME, Topology
 from telemetry.config import Settings
 from telemetry.errors import StorageUnavailable
-from telemetry.observe.stats import STATS
-from telemetry.worker import runtime
 from telemetry.worker.app import app
+from telemetry.worker.batcher import BatchResult
+from telemetry.worker.batching import write_batch
+from telemetry.worker.context import context_of
 from telemetry.worker.ingest import Delivery, ingest
 
 logger = logging.getLogger("telemetry.tasks")
@@ -40,7 +42,10 @@ def backoff_delay_s(retries: int, settings: Settings, rng: random.Random | None 
 
 
 class IngestTask(Task):  # type: ignore[misc]
-    """Counts what Celery decides after the task body: retries and dead letters."""
+    """Counts what Celery decides after the task body: retries and dead letters.
+
+    Each process's counters are in the worker context on the task's app.
+    """
 
     # Celery's per-message handler, or batch commits in front of it (BATCH_SIZE > 1).
     Strategy = "telemetry.worker.batching:batch_strategy"
@@ -48,15 +53,23 @@ class IngestTask(Task):  # type: ignore[misc]
     def on_retry(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        STATS.incr("retries")
+        context_of(self.app).recorder.retried()
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        STATS.incr("dead_lettered")
+        context_of(self.app).recorder.dead_lettered()
         logger.error(
             "Dead-lettering message %s after %d retries: %s", task_id, self.request.retries, exc
         )
+
+    def write_batch(self, deliveries: Sequence[Delivery]) -> BatchResult:
+        """The batch path's pool job, with this process's worker context.
+
+        Handed to the pool as a method of the task: a task pickles by its name,
+        so a forked pool process finds its own task, app and context.
+        """
+        return write_batch(context_of(self.app), deliveries)
 
 
 @app.task(name=TASK_NAME, bind=True, base=IngestTask)  # type: ignore[untyped-decorator]
@@ -64,10 +77,11 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     """Store one telemetry point (see docs/message-contract.md)."""
     # ``self`` is positional-only so that a keyword argument named "self" reaches the
     # validation (and is rejected as invalid_arguments) instead of failing the call.
-    settings = runtime.current_settings()
-    [outcome] = ingest(
-        runtime.store(), STATS, [Delivery(self.request.id, args, kwargs)], runtime.gpu_cache()
-    )
+    context = context_of(self.app)
+    settings = context.settings
+    result = ingest(context.store(), [Delivery(self.request.id, args, kwargs)], context.gpu_cache)
+    context.recorder.ingested(result)
+    [outcome] = result.outcomes
     if outcome.error is None:
         return outcome.describe()
     exc = outcome.error
