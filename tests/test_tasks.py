@@ -1,39 +1,88 @@
-"""Retry timing of the ingest task, and how it takes its arguments."""
+"""The ingest task: its retries follow its Celery options, and how it takes its arguments."""
 
 from __future__ import annotations
 
-import random
+from typing import Any
 
 import pytest
+from celery import Task
+from celery.exceptions import Retry
 
+from telemetry.broker.topology import TASK_NAME
 from telemetry.config import Settings
+from telemetry.errors import StorageUnavailable
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
-from telemetry.worker.tasks import backoff_delay_s
+from telemetry.worker.retry_options import ingest_task_of
 
 
-def test_backoff_doubles_with_jitter_and_is_capped(settings: Settings) -> None:
-    rng = random.Random(7)
-    for retries, ceiling in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 32.0), (6, 60.0), (12, 60.0)]:
-        delays = [backoff_delay_s(retries, settings, rng) for _ in range(200)]
-        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
-        assert max(delays) - min(delays) > ceiling / 4, "jitter spreads retries out"
-
-
-def test_a_keyword_argument_named_self_is_rejected_not_a_failed_call(
+@pytest.fixture
+def task_on_mock_store(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     mock_store: MongoTelemetryStore,
     stats: Stats,
-    sample_point: dict[str, object],
 ) -> None:
-    # found by tests/test_fuzz_decoder.py: kwargs {"self": ..., "point": ...} raised
-    # TypeError (multiple values for 'self'), so the message was dead-lettered, not rejected
+    """The ingest task writes to the mongomock store with the default settings."""
     monkeypatch.setattr(tasks.runtime, "store", lambda: mock_store)
     monkeypatch.setattr(tasks.runtime, "current_settings", lambda: settings)
     monkeypatch.setattr(tasks.runtime, "gpu_cache", lambda: None)
     monkeypatch.setattr(tasks, "STATS", stats)
+
+
+def failed_attempt(task: Task, retries: int, point: dict[str, object]) -> BaseException:
+    """What the task body raises for a message already retried ``retries`` times."""
+    task.push_request(id="m-1", retries=retries)
+    try:
+        task.run(point=point)
+    except (Retry, StorageUnavailable) as exc:
+        return exc
+    finally:
+        task.pop_request()
+    raise AssertionError("the attempt did not fail")
+
+
+def test_a_storage_failure_is_retried_as_the_task_options_say_then_given_up(
+    task_on_mock_store: None,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_store: MongoTelemetryStore,
+    sample_point: dict[str, object],
+) -> None:
+    # given: the database is down, and the task has retry options as Celery's
+    # annotations set them (on the task's class), unlike the settings' defaults
+    def down(*_: Any) -> None:
+        raise StorageUnavailable("storing points: connection refused")
+
+    monkeypatch.setattr(mock_store, "upsert_gpus", down)
+    task = ingest_task_of(tasks.app)
+    for option, value in {"max_retries": 2, "retry_backoff": 0.1, "retry_jitter": False}.items():
+        monkeypatch.setattr(type(task), option, value, raising=False)
+    retried: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retried.append(options)
+        return Retry()
+
+    monkeypatch.setattr(task, "retry", retry)
+    # when: the second attempt fails, then the third
+    second = failed_attempt(task, 1, sample_point)
+    third = failed_attempt(task, 2, sample_point)
+    # then: one retry, 0.1 s doubled once, through its delay queue; then the dead letters
+    assert isinstance(second, Retry)
+    assert isinstance(third, StorageUnavailable)
+    [options] = retried
+    assert options["max_retries"] == 2
+    assert options["expiration"] == pytest.approx(0.2)
+    assert options["queue"].name == "telemetry.retry.200ms"
+    assert task.name == TASK_NAME
+
+
+def test_a_keyword_argument_named_self_is_rejected_not_a_failed_call(
+    task_on_mock_store: None, mock_store: MongoTelemetryStore, sample_point: dict[str, object]
+) -> None:
+    # found by tests/test_fuzz_decoder.py: kwargs {"self": ..., "point": ...} raised
+    # TypeError (multiple values for 'self'), so the message was dead-lettered, not rejected
     result = tasks.ingest_task.run(self=1, point=sample_point)
     assert result == "rejected: unexpected task arguments: ['self']"
     record = mock_store.database["rejected"].find_one()
