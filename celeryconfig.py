@@ -14,4 +14,12 @@ Examples::
 
     worker_send_task_events = False   # no task events: Flower shows no tasks
     broker_heartbeat = 30
+
+Retries after a storage failure follow Celery's own options of the ingest
+task (``max_retries``, ``retry_backoff``, ``retry_backoff_max``,
+``retry_jitter``). Set here they win over ``MAX_RETRIES``,
+``RETRY_BACKOFF_S`` and ``RETRY_BACKOFF_MAX_S``, and the worker says so at
+start (docs/failure-semantics.md#retries-and-backoff)::
+
+    task_annotations = {"telemetry.ingest": {"max_retries": 10, "retry_backoff_max": 120}}
 """

@@ -112,6 +112,8 @@ def consume(
     elapsed = time.monotonic() - started
     return {
         "points": done[0],
+        # For a caller that started the clock in another process (the live baseline).
+        "finished_at_unix_s": time.time(),
         "elapsed_s": elapsed,
         "points_per_s": done[0] / elapsed,
         "cpu_us_per_point": (cpu_seconds() - cpu_at_start) / done[0] * 1e6,
@@ -140,14 +142,26 @@ def csv_messages(path: Path, limit: int) -> Iterator[tuple[dict[str, Any], list[
                 sent += 1
 
 
+def durable_queue(name: str) -> Queue:
+    """The queue the publisher sends to, with a direct exchange of the same name."""
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
+
+
+def declare(broker_url: str, queue: str) -> None:
+    """Declare the publisher's queue, so a consumer can start on it before it publishes."""
+    with Connection(broker_url) as connection:
+        durable_queue(queue)(connection.channel()).declare()
+
+
 def publish(broker_url: str, queue: str, path: Path, points: int) -> dict[str, float]:
     """Publish ``points`` rows with pipelined confirms; rate and CPU of this process."""
     confirmed = [0]
     started, cpu_at_start = time.monotonic(), cpu_seconds()
     with Connection(broker_url) as connection:
         channel = connection.channel()
-        exchange = Exchange(queue, type="direct", durable=True)
-        Queue(queue, exchange, routing_key=queue, durable=True)(channel).declare()
+        target = durable_queue(queue)
+        target(channel).declare()
+        exchange = target.exchange
         channel.confirm_select()
 
         def on_ack(delivery_tag: int, multiple: bool) -> None:

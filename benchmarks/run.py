@@ -10,12 +10,17 @@ Measures, each ``--repeats`` times, and prints medians as a table and JSON:
    memory, in three runs:
    ``live``  the streamer publishing as fast as it can while the worker stores;
    ``drain`` a backlog of every point queued first, then drained;
-   ``paced`` the streamer publishing at ``--paced-rate`` (1,000/s), for latency;
+   ``paced`` the streamer publishing at half the live rate of the same batch
+             size measured just before (or at ``--paced-rate``), for latency;
 4. the streamer alone: publish rate with broker confirms;
 5. bare kombu baselines (benchmarks/bare.py), in the same run: a consumer that
    drains the same backlog into MongoDB with bulk inserts and multiple-acks,
    and a publisher with pipelined confirms. The worker's and the streamer's
-   CPU time per point are reported beside theirs, with the ratios.
+   CPU time per point are reported beside theirs, with the ratios;
+6. the live baseline: the bare publisher and the bare consumer running
+   together, into a collection with the collector's indexes. Live rates are
+   also reported as a ratio to it: on a slow day both slow down together, so
+   the ratio is meant to mean the same on any day.
 
 CPU per point is the process's CPU time (user + system, from /proc) from the
 moment it is ready or takes its first message to the last point stored. The
@@ -241,19 +246,23 @@ def end_to_end(
     client.close()
     if len(latencies) != points:
         raise RuntimeError("the worker counted every point, but the database lacks some")
-    return {
-        "points_per_s": (points - already) / elapsed,
-        "publish_points_per_s": report.rate,
-        "latency_p50_ms": percentile(latencies, 50),
-        "latency_p95_ms": percentile(latencies, 95),
-        "latency_p99_ms": percentile(latencies, 99),
-        "db_writes_per_point": ops / points,
-        "worker_peak_rss_mb": peak / 1024,
-        "worker_cpu_us_per_point": worker_cpu_s / (points - already) * 1e6,
-    } | {
-        f"{name}_cpu_us_per_point": cpu_s / (points - already) * 1e6
-        for name, cpu_s in others_cpu_s.items()
-    }
+    return (
+        {
+            "points_per_s": (points - already) / elapsed,
+            "publish_points_per_s": report.rate,
+            "latency_p50_ms": percentile(latencies, 50),
+            "latency_p95_ms": percentile(latencies, 95),
+            "latency_p99_ms": percentile(latencies, 99),
+            "db_writes_per_point": ops / points,
+            "worker_peak_rss_mb": peak / 1024,
+            "worker_cpu_us_per_point": worker_cpu_s / (points - already) * 1e6,
+        }
+        | ({} if rate is None else {"pace_points_per_s": rate})
+        | {
+            f"{name}_cpu_us_per_point": cpu_s / (points - already) * 1e6
+            for name, cpu_s in others_cpu_s.items()
+        }
+    )
 
 
 def settled(queue: str, counters: tuple[str, ...] = ("telemetry_stored", "duplicates")) -> int:
@@ -315,52 +324,125 @@ def bare_publisher(points: int) -> dict[str, float]:
         delete_queues(queue)
 
 
-def bare_drain(
-    points: int, mongodb_uri: str, workdir: Path, indexed: bool = False
-) -> dict[str, float]:
-    """The bare kombu consumer (benchmarks/bare.py) draining the streamer's backlog.
-
-    Its collection has only ``_id``, as the issue's baseline; ``indexed`` gives it
-    the collector's indexes too (the read API's), the database work the worker has.
-    """
-    queue = f"bench.bare.{uuid.uuid4().hex[:8]}"
+def empty_collection(mongodb_uri: str, indexed: bool) -> None:
+    """An empty ``bench.telemetry`` for a bare consumer; ``indexed`` gives it the collector's
+    indexes (the read API's), the database work the worker has."""
     client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, tz_aware=True)
     client["bench"].drop_collection("telemetry")
     if indexed:
         MongoTelemetryStore(client["bench"], load_settings(env={})).ensure_indexes()
     client.close()
+
+
+def bare_consumer(queue: str, mongodb_uri: str, points: int) -> subprocess.Popen[str]:
+    """The bare kombu consumer (benchmarks/bare.py) as a process of its own, draining
+    ``points`` messages of ``queue`` into ``bench.telemetry``; it prints its figures."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bare",
+            "--broker-url",
+            BROKER,
+            "--queue",
+            queue,
+            "--mongodb-uri",
+            mongodb_uri,
+            "--database",
+            "bench",
+            "--expect",
+            str(points),
+        ],
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def consumer_figures(consumer: subprocess.Popen[str]) -> dict[str, float]:
+    """What a bare consumer printed when it was done; raises if it failed."""
     try:
-        stream_points(queue, points)
-        consumer = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.bare",
-                "--broker-url",
-                BROKER,
-                "--queue",
-                queue,
-                "--mongodb-uri",
-                mongodb_uri,
-                "--database",
-                "bench",
-                "--expect",
-                str(points),
-            ],
-            cwd=REPO,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=3600,
-            check=True,
-        )
+        output, _ = consumer.communicate(timeout=3600)
     finally:
-        delete_queues(queue)
-    figures: dict[str, float] = json.loads(consumer.stdout.strip().splitlines()[-1])
+        stop_consumer(consumer)
+    if consumer.returncode != 0:
+        raise RuntimeError(f"the bare consumer exited with {consumer.returncode}")
+    figures: dict[str, float] = json.loads(output.strip().splitlines()[-1])
     return figures
 
 
-def main() -> None:
+def stop_consumer(consumer: subprocess.Popen[str]) -> None:
+    """End a bare consumer that is still running (a benchmark step failed)."""
+    if consumer.poll() is None:
+        consumer.kill()
+        consumer.wait()
+
+
+def bare_drain(
+    points: int, mongodb_uri: str, workdir: Path, indexed: bool = False
+) -> dict[str, float]:
+    """The bare kombu consumer draining the streamer's backlog.
+
+    Its collection has only ``_id``, as the issue's baseline; ``indexed`` gives it
+    the collector's indexes too.
+    """
+    queue = f"bench.bare.{uuid.uuid4().hex[:8]}"
+    empty_collection(mongodb_uri, indexed)
+    try:
+        stream_points(queue, points)
+        return consumer_figures(bare_consumer(queue, mongodb_uri, points))
+    finally:
+        delete_queues(queue)
+
+
+def consumers_of(queue: str) -> int:
+    """How many consumers ``queue`` has now."""
+    with Connection(BROKER) as connection:
+        return int(connection.channel().queue_declare(queue, passive=True).consumer_count)
+
+
+def bare_live(points: int, mongodb_uri: str) -> dict[str, float]:
+    """The live run's baseline: the bare publisher and the bare consumer at once.
+
+    Measured as the live run is: from the first publish (the publisher runs in
+    this process, as the streamer does) to the last point stored and acked,
+    into a collection with the collector's indexes. The consumer says when it
+    was done, so its exit is not counted.
+    """
+    queue = f"bench.bare-live.{uuid.uuid4().hex[:8]}"
+    empty_collection(mongodb_uri, indexed=True)
+    bare.declare(BROKER, queue)
+    consumer = bare_consumer(queue, mongodb_uri, points)
+    try:
+        wait_until(lambda: consumers_of(queue) > 0, 60, lambda: None)
+        started = time.time()
+        publisher = bare.publish(BROKER, queue, SAMPLE_CSV, points)
+        figures = consumer_figures(consumer)
+        elapsed = figures["finished_at_unix_s"] - started
+    finally:
+        stop_consumer(consumer)
+        delete_queues(queue)
+    return {
+        "points_per_s": points / elapsed,
+        "publisher_points_per_s": publisher["points_per_s"],
+        "publisher_cpu_us_per_point": publisher["cpu_us_per_point"],
+        "consumer_cpu_us_per_point": figures["cpu_us_per_point"],
+    }
+
+
+def latency_pace(fixed: float | None, live: dict[str, float]) -> float:
+    """Points/s of the latency run: ``fixed`` if given, else half the live rate just measured,
+    so the pipeline has room and the latency shows batching rather than a queue building up."""
+    return fixed if fixed is not None else live["points_per_s"] / 2
+
+
+def paced_points(points: int, pace: float) -> int:
+    """About 15 seconds of points at ``pace``, never more than ``points``."""
+    return max(1, min(points, int(pace * 15)))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -368,7 +450,11 @@ def main() -> None:
         "--batch-sizes", default="1,200,500", help="comma-separated BATCH_SIZE values"
     )
     parser.add_argument(
-        "--paced-rate", type=float, default=1000.0, help="points/s of the latency run"
+        "--paced-rate",
+        type=float,
+        default=None,
+        help="points/s of the latency run (default: half the live rate of the same batch "
+        "size, measured just before it)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     parser.add_argument(
@@ -378,57 +464,69 @@ def main() -> None:
         help="also drain a backlog of this many points once, at the largest batch size "
         "(worker memory under a backlog; 0 skips it)",
     )
-    args = parser.parse_args()
-    rows = sample_rows()
+    return parser.parse_args()
+
+
+def measure_baselines(
+    runs: dict[str, list[Any]], points: int, server: SecantusServer, workdir: Path
+) -> None:
+    """One run of every baseline, appended to ``runs``."""
+    runs["noop"].append(noop_ceiling(points, server.uri, workdir))
+    runs["storage"].append(storage_ceiling(points, server.uri, sample_rows()))
+    runs["stream"].append(streamer_alone(points))
+    runs["bare_publish"].append(bare_publisher(points))
+    runs["bare_drain"].append(bare_drain(points, server.uri, workdir))
+    runs["bare_drain_indexed"].append(bare_drain(points, server.uri, workdir, indexed=True))
+    runs["bare_live"].append(bare_live(points, server.uri))
+
+
+def main() -> None:
+    args = parse_args()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     workdir = Path(os.environ.get("BENCH_DIR", "/tmp")) / f"telemetry-bench-{uuid.uuid4().hex[:6]}"
     workdir.mkdir(parents=True)
-    paced_points = min(args.points, int(args.paced_rate * 15))
-    scenarios: dict[str, Callable[..., dict[str, float]]] = {}
-    for size in batch_sizes:
-        scenarios[f"e2e_live_batch_{size}"] = partial(
-            end_to_end, args.points, workdir=workdir, batch_size=size
-        )
-        scenarios[f"e2e_drain_batch_{size}"] = partial(
-            end_to_end, args.points, workdir=workdir, batch_size=size, backlog=True
-        )
-        scenarios[f"e2e_paced_batch_{size}"] = partial(
-            end_to_end, paced_points, workdir=workdir, batch_size=size, rate=args.paced_rate
-        )
-    if args.memory_backlog:
-        # Once, not per repeat: it is about memory, and it takes a while.
-        scenarios[f"e2e_backlog_{args.memory_backlog}_batch_{max(batch_sizes)}"] = partial(
-            end_to_end,
-            args.memory_backlog,
-            workdir=workdir,
-            batch_size=max(batch_sizes),
-            backlog=True,
-        )
     runs: dict[str, list[Any]] = {
-        "noop": [],
-        "storage": [],
-        "stream": [],
-        "bare_publish": [],
-        "bare_drain": [],
-        "bare_drain_indexed": [],
+        name: []
+        for name in (
+            "noop",
+            "storage",
+            "stream",
+            "bare_publish",
+            "bare_drain",
+            "bare_drain_indexed",
+            "bare_live",
+        )
     }
-    runs.update({name: [] for name in scenarios})
     with SecantusServer(":memory:", log_path=workdir / "secantus.log") as server:
+        e2e = partial(end_to_end, workdir=workdir, mongodb_uri=server.uri, database_pid=server.pid)
+
+        def measure(step: str, name: str, points: int, **options: Any) -> dict[str, float]:
+            print(f"{step}: {name}", file=sys.stderr, flush=True)
+            figures = e2e(points, **options)
+            runs.setdefault(name, []).append(figures)
+            return figures
+
         for repeat in range(args.repeats):
-            print(f"repeat {repeat + 1}/{args.repeats}: baselines", file=sys.stderr, flush=True)
-            runs["noop"].append(noop_ceiling(args.points, server.uri, workdir))
-            runs["storage"].append(storage_ceiling(args.points, server.uri, rows))
-            runs["stream"].append(streamer_alone(args.points))
-            runs["bare_publish"].append(bare_publisher(args.points))
-            runs["bare_drain"].append(bare_drain(args.points, server.uri, workdir))
-            runs["bare_drain_indexed"].append(
-                bare_drain(args.points, server.uri, workdir, indexed=True)
-            )
-            for name, scenario in scenarios.items():
-                if name.startswith("e2e_backlog_") and repeat > 0:
-                    continue
-                print(f"repeat {repeat + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
-                runs[name].append(scenario(mongodb_uri=server.uri, database_pid=server.pid))
+            step = f"repeat {repeat + 1}/{args.repeats}"
+            print(f"{step}: baselines", file=sys.stderr, flush=True)
+            measure_baselines(runs, args.points, server, workdir)
+            for size in batch_sizes:
+                live = measure(step, f"e2e_live_batch_{size}", args.points, batch_size=size)
+                measure(step, f"e2e_drain_batch_{size}", args.points, batch_size=size, backlog=True)
+                pace = latency_pace(args.paced_rate, live)
+                print(f"{step}: latency run paced at {pace:,.0f} points/s", file=sys.stderr)
+                measure(
+                    step,
+                    f"e2e_paced_batch_{size}",
+                    paced_points(args.points, pace),
+                    batch_size=size,
+                    rate=pace,
+                )
+            if args.memory_backlog and repeat == 0:
+                # Once, not per repeat: it is about memory, and it takes a while.
+                size = max(batch_sizes)
+                name = f"e2e_backlog_{args.memory_backlog}_batch_{size}"
+                measure(step, name, args.memory_backlog, batch_size=size, backlog=True)
     result = summarise(runs, args.points, args.repeats)
     print_table(result)
     text = json.dumps(result, indent=2)
@@ -444,11 +542,12 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
     def medians(name: str) -> dict[str, float]:
         return {key: statistics.median(run[key] for run in runs[name]) for key in runs[name][0]}
 
-    stream, bare_publish, bare_drain, bare_indexed = (
+    stream, bare_publish, bare_drain, bare_indexed, bare_live = (
         medians("stream"),
         medians("bare_publish"),
         medians("bare_drain"),
         medians("bare_drain_indexed"),
+        medians("bare_live"),
     )
     result: dict[str, Any] = {
         "points": points,
@@ -467,6 +566,10 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
         "bare_drain_cpu_us_per_point": round(bare_drain["cpu_us_per_point"], 1),
         "bare_drain_indexed_points_per_s": round(bare_indexed["points_per_s"]),
         "bare_drain_indexed_cpu_us_per_point": round(bare_indexed["cpu_us_per_point"], 1),
+        "bare_live_points_per_s": round(bare_live["points_per_s"]),
+        "bare_live_publisher_points_per_s": round(bare_live["publisher_points_per_s"]),
+        "bare_live_publisher_cpu_us_per_point": round(bare_live["publisher_cpu_us_per_point"], 1),
+        "bare_live_consumer_cpu_us_per_point": round(bare_live["consumer_cpu_us_per_point"], 1),
         "end_to_end": {},
     }
     for name, measured in runs.items():
@@ -480,6 +583,8 @@ def summarise(runs: dict[str, list[Any]], points: int, repeats: int) -> dict[str
         row["ratio_to_bare"] = row["points_per_s"] / bare_drain["points_per_s"]
         row["ratio_to_bare_indexed"] = row["points_per_s"] / bare_indexed["points_per_s"]
         row["cpu_ratio_to_bare"] = row["worker_cpu_us_per_point"] / bare_drain["cpu_us_per_point"]
+        if name.startswith("e2e_live_"):
+            row["ratio_to_bare_live"] = row["points_per_s"] / bare_live["points_per_s"]
         result["end_to_end"][name.removeprefix("e2e_")] = {
             key: round(value, 3) for key, value in row.items()
         }
@@ -507,15 +612,26 @@ def print_table(result: dict[str, Any]) -> None:
         f"{result['bare_publisher_cpu_us_per_point']:,.0f} us CPU/point"
     )
     print(
+        f"  baseline: bare publisher and consumer together (live) "
+        f"{result['bare_live_points_per_s']:>8,} points/s  (publisher "
+        f"{result['bare_live_publisher_cpu_us_per_point']:,.0f}, consumer "
+        f"{result['bare_live_consumer_cpu_us_per_point']:,.0f} us CPU/point)"
+    )
+    print(
         f"  streamer alone, with confirms    {result['streamer_points_per_s']:>8,} points/s  "
         f"{result['streamer_cpu_us_per_point']:,.0f} us CPU/point "
         f"(x{result['streamer_cpu_ratio_to_bare']:.2f} the bare publisher's)"
     )
     for name, row in result["end_to_end"].items():
+        live = (
+            f"x{row['ratio_to_bare_live']:.2f} bare live, " if "ratio_to_bare_live" in row else ""
+        )
+        pace = f"paced at {row['pace_points_per_s']:,.0f}/s, " if "pace_points_per_s" in row else ""
         print(
             f"  {name:<22} {row['points_per_s']:>8,.0f} points/s  "
-            f"(x{row['ratio_to_bare']:.2f} bare, x{row['ratio_to_bare_indexed']:.2f} bare "
-            f"with indexes, x{row['ratio_to_noop']:.2f} no-op, "
+            f"({pace}{live}x{row['ratio_to_bare']:.2f} bare, "
+            f"x{row['ratio_to_bare_indexed']:.2f} bare with indexes, "
+            f"x{row['ratio_to_noop']:.2f} no-op, "
             f"x{row['ratio_to_storage']:.2f} storage)  "
             f"worker {row['worker_cpu_us_per_point']:,.0f} us CPU/point "
             f"(x{row['cpu_ratio_to_bare']:.2f} bare)  "

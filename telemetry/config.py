@@ -212,15 +212,24 @@ class Settings(BaseModel):
     max_retries: int = setting(
         5,
         env="MAX_RETRIES",
-        help="Storage retries before a message is dead-lettered.",
+        help="Storage retries before a message is dead-lettered. The ingest task's "
+        "max_retries (task_annotations in celeryconfig.py) wins over it.",
         flags=("worker",),
         ge=0,
     )
     retry_backoff_s: float = setting(
-        1.0, env="RETRY_BACKOFF_S", help="First retry's backoff ceiling, doubled each time.", gt=0
+        1.0,
+        env="RETRY_BACKOFF_S",
+        help="First retry's backoff ceiling, doubled each time. The ingest task's "
+        "retry_backoff wins over it.",
+        gt=0,
     )
     retry_backoff_max_s: float = setting(
-        60.0, env="RETRY_BACKOFF_MAX_S", help="Largest backoff between two retries.", gt=0
+        60.0,
+        env="RETRY_BACKOFF_MAX_S",
+        help="Largest backoff between two retries. The ingest task's retry_backoff_max wins "
+        "over it.",
+        gt=0,
     )
     stats_interval_s: float = setting(
         10.0,

@@ -1,23 +1,65 @@
-"""Retry timing of the ingest task, and how it takes its arguments."""
+"""The ingest task: its retries follow its Celery options, and how it takes its arguments."""
 
 from __future__ import annotations
 
-import random
+from typing import Any
 
-from celery import Celery
+import pytest
+from celery import Celery, Task
+from celery.exceptions import Retry
 
-from telemetry.config import Settings
+from telemetry.broker.topology import TASK_NAME
+from telemetry.errors import StorageUnavailable
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
-from telemetry.worker.tasks import backoff_delay_s
+from telemetry.worker.retry_options import ingest_task_of
 
 
-def test_backoff_doubles_with_jitter_and_is_capped(settings: Settings) -> None:
-    rng = random.Random(7)
-    for retries, ceiling in [(0, 1.0), (1, 2.0), (2, 4.0), (5, 32.0), (6, 60.0), (12, 60.0)]:
-        delays = [backoff_delay_s(retries, settings, rng) for _ in range(200)]
-        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
-        assert max(delays) - min(delays) > ceiling / 4, "jitter spreads retries out"
+def failed_attempt(task: Task, retries: int, point: dict[str, object]) -> BaseException:
+    """What the task body raises for a message already retried ``retries`` times."""
+    task.push_request(id="m-1", retries=retries)
+    try:
+        task.run(point=point)
+    except (Retry, StorageUnavailable) as exc:
+        return exc
+    finally:
+        task.pop_request()
+    raise AssertionError("the attempt did not fail")
+
+
+def test_a_storage_failure_is_retried_as_the_task_options_say_then_given_up(
+    collector_app: Celery,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_store: MongoTelemetryStore,
+    sample_point: dict[str, object],
+) -> None:
+    # given: the database is down, and the task has retry options as Celery's
+    # annotations set them (on the task's class), unlike the settings' defaults
+    def down(*_: Any) -> None:
+        raise StorageUnavailable("storing points: connection refused")
+
+    monkeypatch.setattr(mock_store, "upsert_gpus", down)
+    task = ingest_task_of(collector_app)
+    for option, value in {"max_retries": 2, "retry_backoff": 0.1, "retry_jitter": False}.items():
+        monkeypatch.setattr(type(task), option, value, raising=False)
+    retried: list[dict[str, Any]] = []
+
+    def retry(**options: Any) -> Retry:
+        retried.append(options)
+        return Retry()
+
+    monkeypatch.setattr(task, "retry", retry)
+    # when: the second attempt fails, then the third
+    second = failed_attempt(task, 1, sample_point)
+    third = failed_attempt(task, 2, sample_point)
+    # then: one retry, 0.1 s doubled once, through its delay queue; then the dead letters
+    assert isinstance(second, Retry)
+    assert isinstance(third, StorageUnavailable)
+    [options] = retried
+    assert options["max_retries"] == 2
+    assert options["expiration"] == pytest.approx(0.2)
+    assert options["queue"].name == "telemetry.retry.200ms"
+    assert task.name == TASK_NAME
 
 
 def test_a_keyword_argument_named_self_is_rejected_not_a_failed_call(

@@ -102,12 +102,17 @@ def telemetry_command(
 
 
 def spawn_celery(
-    app: str, args: Sequence[str], env: Mapping[str, str], log: IO[bytes]
+    app: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    log: IO[bytes],
+    cwd: Path = REPO,
 ) -> subprocess.Popen[bytes]:
-    """``celery -A APP ARGS`` started from the repository, everything it prints in ``log``."""
+    """``celery -A APP ARGS`` started in ``cwd`` (the repository unless given, so its
+    ``celeryconfig.py`` is the one loaded), everything it prints in ``log``."""
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", app, *args],
-        cwd=REPO,
+        cwd=cwd,
         env=dict(env),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -124,6 +129,7 @@ class WorkerProcess:
         concurrency: int = 10,
         app: str = "telemetry",
         extra_args: tuple[str, ...] = (),
+        cwd: Path = REPO,
     ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -139,6 +145,7 @@ class WorkerProcess:
             ],
             env,
             self._log,
+            cwd,
         )
 
     def log(self) -> str:

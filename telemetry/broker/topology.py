@@ -43,6 +43,7 @@ from amqp.exceptions import AccessRefused, NotFound, PreconditionFailed
 from kombu import Connection, Exchange, Queue
 
 from telemetry.broker.connect import Broker, broker_errors, connect, unavailable
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.config import QueueType, Settings
 from telemetry.errors import BrokerUnavailable, PermanentError
 
@@ -76,14 +77,6 @@ def retry_exchange_name(queue_name: str) -> str:
     return f"{queue_name}.retry"
 
 
-def retry_ceilings_ms(settings: Settings) -> list[int]:
-    """The backoff ceiling of each retry attempt, in ms: ``RETRY_BACKOFF_S`` doubled, capped."""
-    return [
-        round(min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2.0**attempt) * 1000)
-        for attempt in range(settings.max_retries)
-    ]
-
-
 @dataclass(frozen=True)
 class Topology:
     """The queues of one work queue name, as the settings make them."""
@@ -94,13 +87,14 @@ class Topology:
     retry_ceilings_ms: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, settings: Settings) -> Topology:
-        """The topology the settings describe."""
+    def of(cls, settings: Settings, retry: RetryPolicy | None = None) -> Topology:
+        """The topology the settings describe, with a delay queue per ceiling of ``retry``
+        (by default the policy of the settings alone)."""
         return cls(
             settings.queue_name,
             settings.queue_type,
             settings.delivery_limit,
-            tuple(retry_ceilings_ms(settings)),
+            tuple((retry or RetryPolicy.of(settings)).ceilings_ms()),
         )
 
     @property
@@ -201,8 +195,8 @@ class Topology:
         """Check passively that the work queue and its dead letters' path exist (this needs
         no rights).
 
-        The delay queues are not checked: their names follow the retry settings,
-        which are the workers' (a worker declares its own). Raises
+        The delay queues are not checked: their names follow the retry policy,
+        which is the workers' (a worker declares its own). Raises
         :class:`TopologyMissing` naming the first one missing; the channel is
         closed by RabbitMQ then.
         """

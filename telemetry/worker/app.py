@@ -47,6 +47,11 @@ from telemetry.worker.celery.process import (
 )
 from telemetry.worker.context import WorkerContext, attach_context
 from telemetry.worker.hooks import WorkerHooks, configure_worker_logging
+from telemetry.worker.retry_options import (
+    ingest_task_of,
+    log_retry_policy,
+    resolve_retry_policy,
+)
 
 logger = logging.getLogger("telemetry.worker")
 
@@ -90,9 +95,12 @@ class TelemetryWorker(BaseWorker):
         self, app: Celery | None = None, hostname: str | None = None, **kwargs: Any
     ) -> None:
         overrides = {name: kwargs.pop(name, None) for name in WORKER_FLAGS}
-        overrides["broker_url"] = (app or self.app).conf.broker_url
+        celery_app = app or self.app
+        overrides["broker_url"] = celery_app.conf.broker_url
         try:
             settings = load_settings(overrides=overrides)
+            ingest = ingest_task_of(celery_app)
+            retry = resolve_retry_policy(ingest, settings)
         except ConfigError as exc:
             # One clear line and a non-zero exit, not a traceback.
             print(f"telemetry worker: {exc}", file=sys.stderr)
@@ -100,13 +108,13 @@ class TelemetryWorker(BaseWorker):
         # A refused login would be retried forever, a line every few seconds: say it once.
         broker = Broker.of(settings)
         refused = None if broker.in_memory else login_refused(broker)
-        problem = refused or topology_problem(broker, Topology.of(settings))
+        problem = refused or topology_problem(broker, Topology.of(settings, retry))
         if problem is not None:
             print(f"telemetry worker: {problem}", file=sys.stderr)
             raise SystemExit(1)
         # Now, not only when Celery asks: its start-up warnings come before that.
         configure_worker_logging(settings, kwargs.get("loglevel") or logging.WARNING)
-        celery_app = app or self.app
+        log_retry_policy(ingest, settings, retry)
         # Both are None unless -c / --prefetch-multiplier were given (celeryconfig
         # leaves them unset), so the collector settings decide.
         kwargs["concurrency"] = apply_settings(celery_app, settings, kwargs.get("concurrency"))

@@ -2,7 +2,9 @@
 
 * valid point        → stored (or counted as a duplicate), acked
 * invalid message    → recorded in ``rejected``, counted, acked; never retried
-* StorageUnavailable → retried with exponential backoff and jitter, up to ``MAX_RETRIES``
+* StorageUnavailable → retried with exponential backoff and jitter, as the task's
+  retry options say (Celery's ``max_retries`` and friends, falling back on
+  ``MAX_RETRIES`` and friends: :mod:`telemetry.worker.retry_options`)
 * anything else, or retries used up → the task fails and, because
   ``task_acks_on_failure`` is off, the message is rejected without requeue,
   which RabbitMQ dead-letters into ``<queue>.dead``
@@ -22,23 +24,17 @@ from typing import Any
 from celery import Task
 
 from telemetry.broker.topology import ERROR_HEADER, TASK_NAME, Topology
-from telemetry.config import Settings
 from telemetry.errors import StorageUnavailable
 from telemetry.worker.app import app
 from telemetry.worker.batcher import BatchResult
 from telemetry.worker.batching import write_batch
 from telemetry.worker.context import context_of
 from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.retry_options import resolve_retry_policy
 
 logger = logging.getLogger("telemetry.tasks")
 # Spreads retries out in time; nothing secret depends on it.
 _jitter = random.Random()  # nosec B311
-
-
-def backoff_delay_s(retries: int, settings: Settings, rng: random.Random | None = None) -> float:
-    """Seconds before retry number ``retries + 1``: exponential, capped, half of it jittered."""
-    ceiling = min(settings.retry_backoff_max_s, settings.retry_backoff_s * (2.0**retries))
-    return ceiling / 2 + (rng or _jitter).uniform(0, ceiling / 2)
 
 
 class IngestTask(Task):  # type: ignore[misc]
@@ -85,15 +81,19 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     if outcome.error is None:
         return outcome.describe()
     exc = outcome.error
-    if not isinstance(exc, StorageUnavailable) or self.request.retries >= settings.max_retries:
+    if not isinstance(exc, StorageUnavailable):
         raise exc
-    delay = backoff_delay_s(self.request.retries, settings)
+    # Resolved here, from the task Celery runs, so that annotations applied to it count.
+    policy = resolve_retry_policy(self, settings)
     attempt = self.request.retries
+    if policy.gives_up(attempt):
+        raise exc
+    delay = policy.delay_s(attempt, _jitter)
     logger.warning(
-        "Storage unavailable for %s, retry %d/%d in %.1fs: %s",
+        "Storage unavailable for %s, retry %d/%s in %.1fs: %s",
         self.request.id,
-        self.request.retries + 1,
-        settings.max_retries,
+        attempt + 1,
+        policy.max_retries,
         delay,
         exc,
     )
@@ -101,11 +101,11 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     # work queue after ``delay``: no countdown, so no ETA held in a worker and no
     # whole-second rounding (Celery's native delayed delivery on quorum queues).
     # It carries the error, so a dead letter says why it died.
-    delay_queue = Topology.of(settings).retry_queue(attempt)
+    delay_queue = Topology.of(settings, policy).retry_queue(attempt)
     raise self.retry(
         exc=exc,
         countdown=0,
-        max_retries=settings.max_retries,
+        max_retries=policy.max_retries,
         queue=delay_queue,
         # Named, or Celery would publish through the default exchange, which the
         # worker's account may not write to (docs/security.md).

@@ -25,6 +25,7 @@ from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
 from tools import rabbitmq_accounts
 from tools.launchers import (
+    REPO,
     FlowerProcess,
     WorkerProcess,
     clean_env,
@@ -142,6 +143,7 @@ def start_worker(
         mongodb_uri: str | None = None,
         app: str = "telemetry",
         wait: bool = True,
+        cwd: Path = REPO,
         **settings: str,
     ) -> WorkerProcess:
         env = clean_env(
@@ -170,7 +172,7 @@ def start_worker(
             Topology.of(settings_for(queue_name, **{k: v for k, v in env.items() if k in NAMES}))
         )
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(env, log, concurrency, app=app)
+        worker = WorkerProcess(env, log, concurrency, app=app, cwd=cwd)
         started.append(worker)
         if wait:
             worker.wait_ready()

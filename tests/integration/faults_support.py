@@ -12,7 +12,7 @@ from pymongo.database import Database
 
 from telemetry.broker.topology import dead_queue_name
 from tests.integration.conftest import queue_depth
-from tools.launchers import telemetry_command
+from tools.launchers import telemetry_command, wait_for
 
 
 def rabbitmqctl_rows(*args: str) -> list[dict[str, Any]]:
@@ -39,6 +39,17 @@ def run_cli(*args: str, env: Mapping[str, str], timeout_s: float = 120) -> str:
     result = telemetry_command(*args, env=env, timeout_s=timeout_s)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def wait_for_dead_letters(broker_url: str, queue_name: str, count: int, timeout_s: float) -> None:
+    """Wait until ``count`` messages are ready in the queue's dead letters."""
+    dead = dead_queue_name(queue_name)
+    wait_for(
+        lambda: queue_depth(broker_url, dead) == count,
+        timeout_s,
+        f"{count} dead letters",
+        lambda: queue_depth(broker_url, dead),
+    )
 
 
 def stored(database: Database[Any]) -> int:

@@ -22,13 +22,14 @@ from pymongo.database import Database
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import dead_queue_name
 from telemetry.demo.embedded import SecantusServer
-from tests.integration.conftest import cli_env, make_points, publish_points, queue_depth
+from tests.integration.conftest import cli_env, make_points, publish_points
 from tests.integration.faults_support import (
     assert_accounted,
     queue_total,
     rabbitmqctl_rows,
     run_cli,
     stored,
+    wait_for_dead_letters,
 )
 from tests.integration.latency_proxy import LatencyProxy
 from tools.launchers import WorkerProcess, wait_for, wait_for_count
@@ -110,19 +111,13 @@ def test_database_down_past_the_retry_budget_dead_letters_then_replay_stores_all
     disk_server.stop()
     # when
     publish_points(publisher, points[300:])
-    dead = dead_queue_name(queue_name)
-    wait_for(
-        lambda: queue_depth(broker_url, dead) == 100,
-        120,
-        "100 dead letters",
-        lambda: queue_depth(broker_url, dead),
-    )
+    wait_for_dead_letters(broker_url, queue_name, 100, 120)
     disk_server.start()
     env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name)
     listing = run_cli("dlq", "list", "--limit", "3", env=env)
     replayed = run_cli("dlq", "replay", env=env)
     # then
-    assert listing.startswith(f"100 dead-lettered message(s) in {dead}\n")
+    assert listing.startswith(f"100 dead-lettered message(s) in {dead_queue_name(queue_name)}\n")
     assert "[rejected from " in listing and "StorageUnavailable" in listing
     assert replayed.startswith(f"Replayed 100 message(s) to {queue_name}; 0 left")
     wait_for(
