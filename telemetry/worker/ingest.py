@@ -36,7 +36,8 @@ from telemetry.models import GpuMetadata, Point, parse_task_arguments
 from telemetry.observe import metrics
 from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
-from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore, RejectedMessage, point_document
+from telemetry.store.mongo import GpuUpdate, RejectedMessage, point_document
+from telemetry.store.port import TelemetryWrites
 
 logger = logging.getLogger("telemetry.ingest")
 
@@ -80,7 +81,7 @@ DUPLICATE = Outcome("duplicate")
 
 
 def ingest(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     stats: Stats,
     deliveries: Sequence[Delivery],
     gpu_cache: GpuCache | None = None,
@@ -126,7 +127,7 @@ def ingest(
 
 
 def store_points(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     stats: Stats,
     points: Sequence[tuple[Point, GpuMetadata]],
     gpu_cache: GpuCache | None,
@@ -170,7 +171,7 @@ def store_points(
 
 
 def record_rejections(
-    store: MongoTelemetryStore, stats: Stats, rejections: Sequence[RejectedMessage]
+    store: TelemetryWrites, stats: Stats, rejections: Sequence[RejectedMessage]
 ) -> list[Outcome]:
     """Record, count and log invalid messages; all ``failed`` if the record cannot be written."""
     try:
@@ -189,7 +190,7 @@ def record_rejections(
 
 
 def reject_undecodable(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     stats: Stats,
     reason: str,
     kind: RejectionKind,

@@ -6,7 +6,9 @@ import threading
 
 from telemetry.config import Settings, load_settings
 from telemetry.store.gpucache import GpuCache
-from telemetry.store.mongo import LazyStore, MongoTelemetryStore, open_store
+from telemetry.store.lazy import LazyStore
+from telemetry.store.mongo import open_store
+from telemetry.store.port import TelemetryWrites
 
 _lock = threading.Lock()
 _settings: Settings | None = None
@@ -41,7 +43,7 @@ def gpu_cache() -> GpuCache:
         return _gpu_cache
 
 
-def store() -> MongoTelemetryStore:
+def store() -> TelemetryWrites:
     """The process's store, connected on first use."""
     return STORE.get()
 
