@@ -42,7 +42,6 @@ from telemetry.errors import (
     StorageUnavailable,
 )
 from telemetry.models import EPOCH, epoch_ms
-from telemetry.store.mongo import MIG_INSTANCES, instance_of_key
 from telemetry.store.port import PageAfter, PointWindow, TelemetryReads
 
 GPU_FIELDS = (
@@ -239,7 +238,7 @@ def gpu_of(document: dict[str, Any]) -> Gpu:
         uuid=str(document["_id"]),
         first_seen=format_time(first_seen) if isinstance(first_seen, datetime) else None,
         last_seen=format_time(last_seen) if isinstance(last_seen, datetime) else None,
-        mig_instances=mig_instances_of(document.get(MIG_INSTANCES)),
+        mig_instances=mig_instances_of(document.get("mig_instances")),
         **fields,
     )
 
@@ -257,7 +256,7 @@ def mig_instances_of(stored: Any) -> list[MigInstance]:
         last_seen = entry.get("last_seen")
         instances.append(
             MigInstance(
-                gpu_instance=instance_of_key(str(key)),
+                gpu_instance=str(key),
                 profile=profile if isinstance(profile, str) else None,
                 first_seen=format_time(first_seen) if isinstance(first_seen, datetime) else None,
                 last_seen=format_time(last_seen) if isinstance(last_seen, datetime) else None,

@@ -24,6 +24,7 @@ from pymongo.database import Database
 from telemetry.config import Settings
 from telemetry.models import epoch_ms
 from telemetry.store.client import Client, open_client, ping
+from telemetry.store.mongo import MIG_INSTANCES, instance_of_key
 from telemetry.store.port import (
     Aggregation,
     Bucket,
@@ -87,12 +88,13 @@ class MongoTelemetryReader:
         if after is not None:
             selector["_id"] = {"$gt": after}
         with translated_errors(READING):
-            return list(
+            found = list(
                 self._gpus.find(selector)
                 .sort("_id", ASCENDING)
                 .limit(limit)
                 .max_time_ms(self._time_limit_ms)
             )
+        return [gpu_record(document) for document in found]
 
     def count_gpus(self, hostname: str | None, model_name: str | None) -> int:
         """How many GPUs match the filters."""
@@ -104,7 +106,8 @@ class MongoTelemetryReader:
     def find_gpu(self, uuid: str) -> GpuDocument | None:
         """One GPU's record, or None."""
         with translated_errors(READING):
-            return self._gpus.find_one({"_id": uuid}, max_time_ms=self._time_limit_ms)
+            found = self._gpus.find_one({"_id": uuid}, max_time_ms=self._time_limit_ms)
+        return None if found is None else gpu_record(found)
 
     def gpu_exists(self, uuid: str) -> bool:
         """Whether a GPU's record exists, reading no more than its key."""
@@ -204,6 +207,17 @@ def open_reader(
         settings.mongodb_uri, timeout_ms=settings.mongo_timeout_ms, app_name="telemetry-api"
     )
     return MongoTelemetryReader(client[settings.mongodb_db], time_limit_ms)
+
+
+def gpu_record(document: dict[str, Any]) -> GpuDocument:
+    """A ``gpus`` document with its ``mig_instances`` keyed by instance id again
+    (field names escape ``.``, ``$`` and ``%``: :func:`instance_key`)."""
+    instances = document.get(MIG_INSTANCES)
+    if isinstance(instances, dict):
+        document[MIG_INSTANCES] = {
+            instance_of_key(str(key)): entry for key, entry in instances.items()
+        }
+    return document
 
 
 def _gpu_filter(hostname: str | None, model_name: str | None) -> dict[str, Any]:

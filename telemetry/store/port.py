@@ -18,7 +18,7 @@ from telemetry.store.mongo import GpuUpdate, InsertOutcome, RejectedMessage
 
 Aggregation = Literal["avg", "min", "max", "last"]
 GpuDocument = dict[str, Any]
-"""A ``gpus`` record as docs/storage.md describes it."""
+"""A ``gpus`` record as docs/storage.md describes it, ``mig_instances`` keyed by instance id."""
 
 
 class PointWindow(NamedTuple):

@@ -142,9 +142,11 @@ def test_gpu_upserts_record_each_mig_instance_with_its_profile_and_span(
     assert gpu is not None
     assert gpu["mig_instances"] == {
         "1": {"profile": "1g.10gb", "first_seen": at(10), "last_seen": at(30)},
-        "a%2Eb": {"first_seen": at(12), "last_seen": at(12)},
+        "a.b": {"first_seen": at(12), "last_seen": at(12)},
     }
     assert "gpu_instance_profile" not in gpu
+    stored = backend.database["gpus"].find_one({"_id": UUID})
+    assert stored is not None and set(stored["mig_instances"]) == {"1", "a%2Eb"}
 
 
 def test_rejected_messages_are_kept_with_their_reason(backend: Backend) -> None:
