@@ -10,10 +10,12 @@
     │   └── StorageRejected       MongoDB refused the write: dead-lettered at once
     └── TransientError            the same thing may work later
         ├── StorageUnavailable    MongoDB unreachable or not ready: retried with backoff
+        │   ├── StorageLoginRefused   MongoDB refused the login (user, password, mechanism)
+        │   └── StorageTimeout        a query ran past its server-side time limit
         └── BrokerUnavailable     RabbitMQ unreachable or refusing (auth, vhost, DNS)
 
 Exceptions from pymongo, kombu and pydantic are translated into these where
-they enter (``store``, ``broker``, ``models``), so the retry decision in the
+they enter (``store/translation.py``, ``broker``, ``models``), so the retry decision in the
 worker and the one-line errors of the ``telemetry`` command only ever look at
 this tree.
 """
@@ -66,12 +68,29 @@ class CsvFormatError(PermanentError):
     """Raised when a file is not DCGM CSV at all: no header, or required columns missing."""
 
 
-class StorageRejected(PermanentError):
+class _StorageFailure(TelemetryError):
+    """A storage error that also keeps its cause apart from the action that met it."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        # The cause in one line, for callers that word the action themselves.
+        self.problem = message if problem is None else problem
+
+
+class StorageRejected(PermanentError, _StorageFailure):
     """Raised when MongoDB refuses a write for a reason that retrying will not fix."""
 
 
-class StorageUnavailable(TransientError):
+class StorageUnavailable(TransientError, _StorageFailure):
     """Raised when MongoDB cannot be reached or cannot accept writes right now."""
+
+
+class StorageLoginRefused(StorageUnavailable):
+    """Raised when MongoDB refuses the collector's login: a setting to fix, not the message."""
+
+
+class StorageTimeout(StorageUnavailable):
+    """Raised when a query runs past its server-side time limit (``maxTimeMS``)."""
 
 
 class BrokerUnavailable(TransientError):
@@ -90,8 +109,13 @@ def database_problem(text: str, code: object = None) -> str:
     or certificate. pymongo never puts the URI's password in a message."""
     for tail in _PYMONGO_TAILS:
         text = text.split(tail, 1)[0]
-    if code == AUTHENTICATION_FAILED or "authentication failed" in text.lower():
+    if login_refused(text, code):
         return f"login refused ({text}): check the user name and password in MONGODB_URI"
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"{text}: check tls=true and tlsCAFile in MONGODB_URI"
     return text
+
+
+def login_refused(text: str, code: object = None) -> bool:
+    """Whether a pymongo error's message and code say the server refused the login."""
+    return code == AUTHENTICATION_FAILED or "authentication failed" in text.lower()

@@ -27,6 +27,13 @@ MAX_FUTURE = timedelta(days=1)
 MAX_GPU_INDEX = 2**63 - 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+
+def epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the Unix epoch, exact (no float rounding)."""
+    delta = moment.astimezone(UTC) - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 # One Prometheus-style label: name="value", where value may hold \" and \\ escapes.
 # The value is written "unrolled" (runs of plain characters between escapes), which
 # sre matches a run at a time rather than a character at a time.

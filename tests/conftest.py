@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 import mongomock
@@ -13,9 +13,12 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from telemetry.config import ALL_ENV_NAMES, Settings, load_settings
+from telemetry.demo.embedded import SecantusServer
+from telemetry.errors import TelemetryError
 from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Stats
-from telemetry.store.mongo import GpuUpdate, LazyStore, MongoTelemetryStore
+from telemetry.store.lazy import LazyStore
+from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
 from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
 from telemetry.worker.recorder import Recorder
 
@@ -60,23 +63,44 @@ def settings() -> Settings:
     return load_settings(env={}, overrides={"instance_id": "test-1"})
 
 
+class MongomockTelemetryStore(MongoTelemetryStore):
+    """The MongoDB store on a mongomock database, GPU upserts one by one.
+
+    mongomock's bulk_write rejects pymongo 4.20's UpdateOne, so each GPU's
+    upsert document (the same :meth:`GpuUpdate.spec`) goes in its own
+    update_one; the real bulk write runs against SecantusDB.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        database = mongomock.MongoClient(tz_aware=True)["telemetry"]
+        # mongomock cannot make capped collections; the capped one is covered against SecantusDB.
+        database.create_collection("rejected")
+        super().__init__(database, settings)
+
+    def upsert_gpus(self, updates: Sequence[GpuUpdate], now: datetime) -> None:
+        for update in updates:
+            self.database["gpus"].update_one(
+                {"_id": update.gpu_uuid}, update.spec(now), upsert=True
+            )
+
+
 @pytest.fixture
 def mock_store(settings: Settings) -> MongoTelemetryStore:
     """A store on an in-memory mongomock database."""
-    client: mongomock.MongoClient = mongomock.MongoClient(tz_aware=True)
-    database = client["telemetry"]
-    # mongomock cannot make capped collections; the capped one is covered against SecantusDB.
-    database.create_collection("rejected")
-    store = MongoTelemetryStore(database, settings)
+    return MongomockTelemetryStore(settings)
 
-    def upsert_gpus(updates: list[GpuUpdate], now: datetime) -> None:
-        # mongomock's bulk_write rejects pymongo 4.20's UpdateOne, so GPU upserts go one
-        # by one here; the real bulk write runs against SecantusDB in the integration tests.
-        for update in updates:
-            database["gpus"].update_one({"_id": update.gpu_uuid}, update.spec(now), upsert=True)
 
-    store.upsert_gpus = upsert_gpus  # type: ignore[method-assign]
-    return store
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusServer]:
+    """One SecantusDB server for the session, in memory, pinged."""
+    log = tmp_path_factory.mktemp("secantus") / "server.log"
+    server = SecantusServer(":memory:", log_path=log)
+    try:
+        server.start()
+    except TelemetryError as exc:
+        server_missing("SecantusDB", exc)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

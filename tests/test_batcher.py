@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from telemetry.errors import StorageUnavailable
-from telemetry.store.mongo import LazyStore, MongoTelemetryStore
+from telemetry.store.lazy import LazyStore
+from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker.batcher import Batcher, BatchOptions
 from telemetry.worker.batching import write_batch
 from telemetry.worker.context import WorkerContext

@@ -31,7 +31,8 @@ from kombu.message import Message
 from telemetry.broker.topology import TASK_NAME
 from telemetry.config import Settings
 from telemetry.errors import RejectionKind
-from telemetry.store.mongo import LazyStore, MongoTelemetryStore
+from telemetry.store.lazy import LazyStore
+from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
 from telemetry.worker.celery.delivered import Delivered
 from telemetry.worker.celery.intake import GuardedConsumer

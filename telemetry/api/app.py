@@ -37,16 +37,11 @@ from telemetry.api.params import (
     MAX_NAME_CHARS,
     POINT_LIMIT_DEFAULT,
     POINT_LIMIT_MAX,
-    Aggregation,
     ApiError,
     check_name,
     telemetry_query,
 )
-from telemetry.api.queries import (
-    DEFAULT_QUERY_TIME_LIMIT_MS,
-    TelemetryReader,
-    open_read_client,
-)
+from telemetry.api.queries import TelemetryReader
 from telemetry.api.schemas import (
     EXAMPLE_HOST,
     EXAMPLE_INSTANCE,
@@ -61,6 +56,8 @@ from telemetry.api.schemas import (
     TelemetryPage,
 )
 from telemetry.config import Settings
+from telemetry.store.mongo_reads import DEFAULT_QUERY_TIME_LIMIT_MS, open_reader
+from telemetry.store.port import Aggregation
 
 logger = logging.getLogger("telemetry.api")
 
@@ -170,19 +167,19 @@ def only(*names: str) -> Callable[[Request], None]:
 def create_app(settings: Settings, *, time_limit_ms: int = DEFAULT_QUERY_TIME_LIMIT_MS) -> FastAPI:
     """The API and dashboard for the database ``settings`` names.
 
-    The MongoDB client is opened when the app starts (its lifespan) and closed
+    The storage port's reader is opened when the app starts (its lifespan) and closed
     when it stops, so building the app, e.g. to write its OpenAPI document,
     connects to nothing.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = open_read_client(settings)
-        app.state.reader = TelemetryReader(client[settings.mongodb_db], time_limit_ms)
+        reads = open_reader(settings, time_limit_ms)
+        app.state.reader = TelemetryReader(reads)
         try:
             yield
         finally:
-            client.close()
+            reads.close()
 
     app = FastAPI(
         title="GPU telemetry API",

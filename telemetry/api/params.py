@@ -15,7 +15,10 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any
+
+from telemetry.models import EPOCH
+from telemetry.store.port import Aggregation, PageAfter
 
 # Page sizes: the defaults and caps of the issue, so one request reads a bounded number of rows.
 GPU_LIMIT_DEFAULT = 100
@@ -34,7 +37,6 @@ MAX_NAME_CHARS = 256
 # Longest MIG instance id accepted: the collector stores at most 64 characters.
 MAX_INSTANCE_CHARS = 64
 
-Aggregation = Literal["avg", "min", "max", "last"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("avg", "min", "max", "last")
 
 # RFC 3339 date-time: a full date, "T", a time with optional fraction, and a
@@ -45,7 +47,6 @@ _RFC3339 = re.compile(
 )
 _STEP = re.compile(r"^([1-9][0-9]{0,5})(s|m|h|d)$")
 _STEP_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ApiError(Exception):
@@ -254,19 +255,7 @@ def decode_cursor(raw: str | None, digest: str) -> list[Any] | None:
     return key
 
 
-class PointKey(NamedTuple):
-    """Where a telemetry page stopped: the order of points is this tuple's.
-
-    ``gpu_instance`` is ``""`` for a point of the whole GPU: no instance id is
-    empty, and ``""`` sorts before every other, as a missing instance does.
-    """
-
-    timestamp: datetime
-    metric_name: str
-    gpu_instance: str
-
-
-def point_key(key: list[Any]) -> PointKey:
+def point_key(key: list[Any]) -> PageAfter:
     """A telemetry cursor key, ``[epoch milliseconds, metric_name, gpu_instance]``, checked."""
     if (
         len(key) != 3
@@ -281,10 +270,4 @@ def point_key(key: list[Any]) -> PointKey:
         moment = EPOCH + timedelta(milliseconds=key[0])
     except OverflowError:
         raise bad_request("invalid_cursor", "cursor is not one this API returned") from None
-    return PointKey(moment, key[1], key[2])
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Milliseconds since the Unix epoch, exact (no float rounding)."""
-    delta = moment.astimezone(UTC) - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    return PageAfter(moment, key[1], key[2])

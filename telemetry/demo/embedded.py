@@ -16,10 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from telemetry.errors import StorageRejected, StorageUnavailable, TelemetryError
+from telemetry.store.client import MongoProbe, local_server_uri
+from telemetry.store.port import StorageProbe
 
-from telemetry.errors import StorageUnavailable, TelemetryError
+# How long one readiness ping of the starting server may take.
+PING_TIMEOUT_MS = 500
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -56,10 +58,8 @@ class SecantusServer:
 
     @property
     def uri(self) -> str:
-        """The URI to connect with; retryable writes are off, as SecantusDB is slow with them."""
-        options = {"retryWrites": "false", **self.uri_options}
-        query = "&".join(f"{name}={value}" for name, value in options.items())
-        return f"mongodb://{self.host}:{self.port}/?{query}"
+        """The URI to connect with (retryable writes off: see :func:`local_server_uri`)."""
+        return local_server_uri(self.host, self.port, self.uri_options)
 
     @property
     def pid(self) -> int | None:
@@ -106,9 +106,7 @@ class SecantusServer:
     def wait_ready(self, timeout_s: float) -> None:
         """Ping until the server answers; raise if it exits or the time runs out."""
         deadline = time.monotonic() + timeout_s
-        client: MongoClient[dict[str, object]] = MongoClient(
-            self.uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500
-        )
+        probe: StorageProbe = MongoProbe(self.uri, PING_TIMEOUT_MS, "telemetry-demo")
         try:
             while True:
                 if self._process is not None and self._process.poll() is not None:
@@ -117,17 +115,17 @@ class SecantusServer:
                         f"{self.port}" + (f"; see {self.log_path}" if self.log_path else "")
                     )
                 try:
-                    client.admin.command("ping")
+                    probe.ping()
                     return
-                except PyMongoError as exc:
+                except (StorageUnavailable, StorageRejected) as exc:
                     if time.monotonic() > deadline:
                         raise StorageUnavailable(
                             f"SecantusDB did not answer on port {self.port} "
-                            f"within {timeout_s:.0f}s: {exc}"
+                            f"within {timeout_s:.0f}s: {exc.problem}"
                         ) from exc
                     time.sleep(0.1)
         finally:
-            client.close()
+            probe.close()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 10 s)."""

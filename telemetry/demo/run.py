@@ -19,17 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from pymongo.errors import PyMongoError
 
 from telemetry.broker.connect import Broker
 from telemetry.broker.topology import Topology, queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
-from telemetry.errors import BrokerUnavailable, StorageUnavailable
+from telemetry.errors import BrokerUnavailable, StorageRejected, StorageUnavailable
 from telemetry.observe.stats import Stats
-from telemetry.store.mongo import MongoTelemetryStore, check_database
+from telemetry.store.mongo import check_database
+from telemetry.store.mongo_reads import open_reader
+from telemetry.store.port import GpuDocument, TelemetryReads
 from telemetry.streamer.progress import ProgressBar
 from telemetry.streamer.run import StreamOptions, StreamReport, TimestampMode, run_stream
 from telemetry.worker.context import WorkerContext
@@ -150,31 +149,33 @@ class DemoResult:
         return lines
 
 
-def print_tables(store: MongoTelemetryStore, gpus_shown: int = 3) -> None:
-    """GPUs per host, and the latest value of each metric for a few GPUs."""
-    database = store.database
-    hosts = Counter(
-        doc.get("hostname") or "(unknown)" for doc in database["gpus"].find({}, {"hostname": 1})
-    )
+def print_tables(reads: TelemetryReads, gpus_shown: int = 3) -> None:
+    """GPUs per host, and the latest value of each series for a few GPUs."""
+    gpus = all_gpus(reads)
+    hosts = Counter(gpu.get("hostname") or "(unknown)" for gpu in gpus)
     print(f"\nGPUs per host ({len(hosts)} hosts, {sum(hosts.values())} GPUs)")
     for host, count in sorted(hosts.items()):
         print(f"  {host:<40} {count:>4}")
-    uuids = sorted(doc["_id"] for doc in database["gpus"].find({}, {"_id": 1}))[:gpus_shown]
-    for uuid in uuids:
-        gpu = database["gpus"].find_one({"_id": uuid}) or {}
+    for gpu in gpus[:gpus_shown]:
         print(
-            f"\nLatest values of {uuid} ({gpu.get('model_name', '?')} "
+            f"\nLatest values of {gpu['_id']} ({gpu.get('model_name', '?')} "
             f"on {gpu.get('hostname', '?')})"
         )
-        for metric in sorted(database["telemetry"].distinct("metric_name", {"gpu_uuid": uuid})):
-            latest: dict[str, Any] | None = database["telemetry"].find_one(
-                {"gpu_uuid": uuid, "metric_name": metric}, sort=[("timestamp", -1)]
-            )
-            if latest is not None:
-                print(
-                    f"  {metric:<36} {latest['value']:>12g}   "
-                    f"{latest['timestamp']:%Y-%m-%d %H:%M:%S}Z"
-                )
+        for latest in reads.latest_values(gpu["_id"]):
+            series = latest.metric_name
+            if latest.gpu_instance is not None:
+                series = f"{series} [{latest.gpu_instance}]"
+            print(f"  {series:<36} {latest.value:>12g}   {latest.timestamp:%Y-%m-%d %H:%M:%S}Z")
+
+
+def all_gpus(reads: TelemetryReads, page_size: int = 1_000) -> list[GpuDocument]:
+    """Every GPU record, by UUID, a page at a time."""
+    gpus: list[GpuDocument] = []
+    after: str | None = None
+    while page := reads.gpu_page(None, None, after, page_size):
+        gpus.extend(page)
+        after = str(page[-1]["_id"])
+    return gpus
 
 
 def serve_dashboard(settings: Settings, stop: threading.Event) -> None:
@@ -249,7 +250,7 @@ def run_pipeline(
     show_progress: bool | None,
     stop: threading.Event,
     stall_timeout_s: float = STALL_TIMEOUT_S,
-    show: Callable[[Settings, MongoTelemetryStore], None] | None = None,
+    show: Callable[[Settings, TelemetryReads], None] | None = None,
     serve: bool = False,
 ) -> bool:
     """Start the database, broker and worker, run ``source``, wait until its points are
@@ -263,8 +264,7 @@ def run_pipeline(
         since = datetime.now(UTC)
         # Nobody watches events in the demo, and the in-memory broker would only keep them.
         with worker_in_thread(settings, DEMO_WORKER_THREADS, task_events=False) as context:
-            store = context.store()
-            store.ensure_indexes()
+            context.store().ensure_indexes()
             report = source(settings, progress)
             problem = wait_until_settled(
                 report.confirmed,
@@ -274,14 +274,15 @@ def run_pipeline(
                 stall_diagnosis(settings),
                 stall_timeout_s,
             )
+        reads = open_reader(settings)
         try:
-            new_points = store.database["telemetry"].count_documents(
-                {"ingested_at": {"$gte": since}}
-            )
+            new_points = reads.count_points_since(since)
             result = DemoResult(report, context.recorder.stats.snapshot(), new_points, problem)
-            (show or (lambda _, shown: print_tables(shown)))(settings, store)
-        except PyMongoError as exc:
-            raise StorageUnavailable(f"cannot read the results back: {exc}") from exc
+            (show or (lambda _, shown: print_tables(shown)))(settings, reads)
+        except (StorageUnavailable, StorageRejected) as exc:
+            raise StorageUnavailable(f"cannot read the results back: {exc.problem}") from exc
+        finally:
+            reads.close()
         print()
         for line in result.summary():
             print(line)

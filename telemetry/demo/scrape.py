@@ -20,7 +20,7 @@ from telemetry.demo.run import STALL_TIMEOUT_S, SourceReport, run_pipeline
 from telemetry.scraper.run import ScrapeOptions
 from telemetry.scraper.service import run_scrape
 from telemetry.scraper.targets import command_line_targets
-from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.store.port import TelemetryReads
 
 DEMO_NODES = ("demo-node-1", "demo-node-2", "demo-node-3")
 DEMO_INTERVAL_S = 2.0
@@ -66,7 +66,7 @@ def run_scrape_demo(
         )
 
 
-def show_through_api(settings: Settings, store: MongoTelemetryStore) -> None:
+def show_through_api(settings: Settings, reads: TelemetryReads) -> None:
     """The fleet and one MIG GPU's latest values, read from the read API over HTTP."""
     from telemetry.api import ApiServer
 

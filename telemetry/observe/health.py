@@ -28,17 +28,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from telemetry.config import Settings
 from telemetry.errors import (
     BrokerUnavailable,
+    StorageLoginRefused,
+    StorageRejected,
     StorageUnavailable,
     TelemetryError,
-    database_problem,
 )
 from telemetry.observe import metrics
+from telemetry.store.client import MongoProbe
+from telemetry.store.port import StorageProbe
 
 logger = logging.getLogger("telemetry.observe.health")
 
@@ -56,46 +57,38 @@ Scrape = Callable[[str | None], tuple[bytes, str]]
 
 
 class DatabaseCheck:
-    """MongoDB is reachable: a ping on a client of its own, with short time-outs.
+    """MongoDB is reachable: a ping through the storage port's probe, with short time-outs.
 
-    Its own client, so a probe neither waits behind the workers' writes nor
-    takes ``MONGO_TIMEOUT_MS`` to give up; the time-outs here override any
-    the URI sets.
+    The probe has a client of its own (:class:`telemetry.store.client.MongoProbe`),
+    so it neither waits behind the workers' writes nor takes ``MONGO_TIMEOUT_MS``
+    to give up; its time-outs override any the URI sets.
     """
 
     def __init__(self, uri: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         self._uri = uri
         self._timeout_ms = int(timeout_s * 1000)
-        self._client: MongoClient[dict[str, Any]] | None = None
+        self._probe: StorageProbe | None = None
         self._lock = threading.Lock()
 
     def __call__(self) -> None:
         """Raise :class:`StorageUnavailable` unless the server answers a ping."""
         with self._lock:
-            if self._client is None:
-                self._client = MongoClient(
-                    self._uri,
-                    serverSelectionTimeoutMS=self._timeout_ms,
-                    connectTimeoutMS=self._timeout_ms,
-                    socketTimeoutMS=self._timeout_ms,
-                    maxPoolSize=1,
-                    appname="telemetry-readiness",
-                )
-            client = self._client
+            if self._probe is None:
+                self._probe = MongoProbe(self._uri, self._timeout_ms, "telemetry-readiness")
+            probe = self._probe
         try:
-            client.admin.command("ping")
-        except PyMongoError as exc:
-            problem = database_problem(str(exc), getattr(exc, "code", None))
-            if problem.startswith("login refused"):
-                raise StorageUnavailable(f"database {problem}") from exc
-            raise StorageUnavailable(f"database unreachable: {problem}") from exc
+            probe.ping()
+        except StorageLoginRefused as exc:
+            raise StorageUnavailable(f"database {exc.problem}", exc.problem) from exc
+        except (StorageUnavailable, StorageRejected) as exc:
+            raise StorageUnavailable(f"database unreachable: {exc.problem}", exc.problem) from exc
 
     def close(self) -> None:
-        """Close the client, if one was made."""
+        """Close the probe's client, if one was made."""
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
 
 
 def check_consumer_connection(consumer: Any) -> None:

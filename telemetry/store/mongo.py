@@ -1,7 +1,9 @@
-"""MongoDB storage: the ``telemetry``, ``gpus`` and ``rejected`` collections.
+"""MongoDB storage: the writes to the ``telemetry``, ``gpus`` and ``rejected`` collections.
 
-Every pymongo error is translated here into :class:`StorageUnavailable`
-(transient, worth a retry) or :class:`StorageRejected` (permanent).
+:class:`MongoTelemetryStore` implements the worker's side of the storage port
+(:class:`telemetry.store.port.TelemetryWrites`). Every pymongo error becomes
+:class:`StorageUnavailable` (transient, worth a retry) or
+:class:`StorageRejected` (permanent) through :mod:`telemetry.store.translation`.
 """
 
 from __future__ import annotations
@@ -9,36 +11,21 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
-from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import (
-    BulkWriteError,
-    CollectionInvalid,
-    ConnectionFailure,
-    ExecutionTimeout,
-    OperationFailure,
-    PyMongoError,
-    WTimeoutError,
-)
-from pymongo.uri_parser import parse_uri
+from pymongo.errors import BulkWriteError, CollectionInvalid
 
 from telemetry.config import Settings, masked
-from telemetry.errors import StorageRejected, StorageUnavailable, database_problem
+from telemetry.errors import StorageRejected, StorageUnavailable
 from telemetry.models import GpuMetadata, Point, parse_labels
+from telemetry.store.client import Client, open_client, ping
+from telemetry.store.translation import translated_errors
 
-# Server error codes that mean "not now" rather than "never": shutdowns,
-# elections, interrupted operations and time-outs; and a refused login (18) or a
-# missing role (13): settings to fix, never the message's fault, so never dead-lettered
-# at once.
-TRANSIENT_CODES = frozenset(
-    {6, 7, 13, 18, 50, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-)
 RAW_MESSAGE_MAX_CHARS = 16_384
 DUPLICATE_KEY = 11000
 
@@ -211,27 +198,6 @@ def instance_of_key(key: str) -> str:
     return _KEY_ESCAPED.sub(lambda found: chr(int(found[1], 16)), key) if "%" in key else key
 
 
-def is_transient(exc: PyMongoError) -> bool:
-    """Whether retrying the same write later can succeed."""
-    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
-        return True
-    if exc.has_error_label("RetryableWriteError"):
-        return True
-    return isinstance(exc, OperationFailure) and exc.code in TRANSIENT_CODES
-
-
-@contextmanager
-def translated_errors(action: str) -> Iterator[None]:
-    """Turn pymongo errors into the collector's own, keeping the cause."""
-    try:
-        yield
-    except PyMongoError as exc:
-        problem = database_problem(str(exc), getattr(exc, "code", None))
-        if is_transient(exc):
-            raise StorageUnavailable(f"{action}: {problem}") from exc
-        raise StorageRejected(f"{action}: {problem}") from exc
-
-
 class MongoTelemetryStore:
     """Writes points, GPU records and rejected messages to one MongoDB database."""
 
@@ -245,6 +211,14 @@ class MongoTelemetryStore:
     def database(self) -> Database[dict[str, Any]]:
         """The database this store writes to."""
         return self._db
+
+    def ping(self) -> None:
+        """Return when the database answers now; raise StorageUnavailable saying why not."""
+        ping(self._db.client)
+
+    def close(self) -> None:
+        """Close the client."""
+        self._db.client.close()
 
     def ensure_indexes(self) -> None:
         """Create collections and indexes if missing; safe to call from any worker, any time."""
@@ -375,16 +349,12 @@ def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[s
 
 
 def open_store(settings: Settings) -> MongoTelemetryStore:
-    """Connect to MongoDB as the settings say; the client connects lazily."""
-    options: dict[str, Any] = {"maxPoolSize": settings.max_concurrent_handlers}
-    given = {key.lower() for key in uri_options(settings.mongodb_uri)}
-    # The URI wins over our defaults; keyword arguments would win over the URI.
-    if "serverselectiontimeoutms" not in given:
-        options["serverSelectionTimeoutMS"] = settings.mongo_timeout_ms
-    if "connecttimeoutms" not in given:
-        options["connectTimeoutMS"] = settings.mongo_timeout_ms
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        settings.mongodb_uri, tz_aware=True, **options
+    """A store on the settings' database; the client connects lazily."""
+    client: Client = open_client(
+        settings.mongodb_uri,
+        timeout_ms=settings.mongo_timeout_ms,
+        app_name="telemetry-worker",
+        pool_size=settings.max_concurrent_handlers,
     )
     return MongoTelemetryStore(client[settings.mongodb_db], settings)
 
@@ -396,41 +366,9 @@ def check_database(settings: Settings) -> None:
     try:
         store.ensure_indexes()
     except (StorageUnavailable, StorageRejected) as exc:
-        problem = str(exc).removeprefix("creating indexes: ")
         where = masked(settings.mongodb_uri)
-        raise StorageUnavailable(f"cannot use the database at {where}: {problem}") from exc
+        raise StorageUnavailable(
+            f"cannot use the database at {where}: {exc.problem}", exc.problem
+        ) from exc
     finally:
-        store.database.client.close()
-
-
-def uri_options(uri: str) -> dict[str, Any]:
-    """The options written in a MongoDB URI (empty for SRV URIs, which need DNS)."""
-    if uri.startswith("mongodb+srv://"):
-        return {}
-    return dict(parse_uri(uri)["options"])
-
-
-class LazyStore:
-    """One store per process, made on first use: pymongo clients are not fork-safe."""
-
-    def __init__(self, factory: Callable[[], MongoTelemetryStore]) -> None:
-        self._factory = factory
-        self._store: MongoTelemetryStore | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> MongoTelemetryStore:
-        """The store, created the first time it is asked for."""
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    self._store = self._factory()
-        return self._store
-
-    def reset(self, factory: Callable[[], MongoTelemetryStore] | None = None) -> None:
-        """Forget the store (and optionally change how the next one is made)."""
-        with self._lock:
-            if self._store is not None:
-                self._store.database.client.close()
-            self._store = None
-            if factory is not None:
-                self._factory = factory
+        store.close()

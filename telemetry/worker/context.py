@@ -19,7 +19,9 @@ from typing import Any
 
 from telemetry.config import Settings
 from telemetry.store.gpucache import GpuCache
-from telemetry.store.mongo import LazyStore, MongoTelemetryStore, open_store
+from telemetry.store.lazy import LazyStore
+from telemetry.store.mongo import open_store
+from telemetry.store.port import TelemetryWrites
 from telemetry.worker.recorder import Recorder
 
 # The app attribute the context rides on.
@@ -45,7 +47,7 @@ class WorkerContext:
             GpuCache(settings.gpu_last_seen_lag_s),
         )
 
-    def store(self) -> MongoTelemetryStore:
+    def store(self) -> TelemetryWrites:
         """The process's store, connected on first use."""
         return self.stores.get()
 

@@ -37,7 +37,8 @@ from telemetry.errors import (
 from telemetry.models import GpuMetadata, Point, parse_task_arguments
 from telemetry.observe.metrics import seconds_since
 from telemetry.store.gpucache import GpuCache
-from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore, RejectedMessage, point_document
+from telemetry.store.mongo import GpuUpdate, RejectedMessage, point_document
+from telemetry.store.port import TelemetryWrites
 
 logger = logging.getLogger("telemetry.ingest")
 
@@ -101,7 +102,7 @@ class Ingested:
 
 
 def ingest(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     deliveries: Sequence[Delivery],
     gpu_cache: GpuCache | None = None,
 ) -> Ingested:
@@ -148,7 +149,7 @@ def ingest(
 
 
 def store_points(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     points: Sequence[tuple[Point, GpuMetadata]],
     gpu_cache: GpuCache | None,
 ) -> Ingested:
@@ -192,7 +193,7 @@ def failed(error: StorageError) -> Outcome:
 
 
 def record_rejections(
-    store: MongoTelemetryStore, rejections: Sequence[RejectedMessage]
+    store: TelemetryWrites, rejections: Sequence[RejectedMessage]
 ) -> list[Outcome]:
     """Record and log invalid messages; all ``failed`` if the record cannot be written."""
     try:
@@ -210,7 +211,7 @@ def record_rejections(
 
 
 def reject_undecodable(
-    store: MongoTelemetryStore,
+    store: TelemetryWrites,
     reason: str,
     kind: RejectionKind,
     message_id: str | None,

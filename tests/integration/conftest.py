@@ -21,7 +21,6 @@ from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.topology import Topology
 from telemetry.config import ENV_NAMES, Settings, load_settings
 from telemetry.demo.embedded import SecantusServer
-from telemetry.errors import TelemetryError
 from tests.conftest import server_missing
 from tools import rabbitmq_accounts
 from tools.launchers import (
@@ -52,19 +51,6 @@ def broker_url() -> str:
         except Exception as exc:
             server_missing(f"RabbitMQ at {BROKER_URL}", exc)
     return BROKER_URL
-
-
-@pytest.fixture(scope="session")
-def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecantusServer]:
-    """One SecantusDB server for the session, in memory."""
-    log = tmp_path_factory.mktemp("secantus") / "server.log"
-    server = SecantusServer(":memory:", log_path=log)
-    try:
-        server.start()
-    except TelemetryError as exc:
-        server_missing("SecantusDB", exc)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
