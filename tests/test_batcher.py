@@ -22,7 +22,7 @@ from telemetry.worker.context import WorkerContext
 TASK = "telemetry.ingest"
 
 
-class FakeDelivered:
+class FakeOfferedMessage:
     """A task message as the batcher sees it, recording how it was settled."""
 
     def __init__(self, task_id: str, kwargs: dict[str, Any], log: list[Any], **headers: Any):
@@ -68,14 +68,14 @@ class FakePort:
         self.slot: Any = None
         self.settled_events: list[Any] = []
 
-    def delivered(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
+    def offered(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         return message
 
     def take_first(self, task_name: str, take: Callable[[Any], bool]) -> None:
         self.takers[task_name] = take
 
-    def ack_together(self, delivered: list[Any]) -> None:
-        for one in delivered:
+    def ack_together(self, offered: list[Any]) -> None:
+        for one in offered:
             one.ack()
 
     def run_in_pool(self, job: Any, args: tuple[Any, ...], on_result: Any, on_error: Any) -> None:
@@ -184,8 +184,8 @@ def make_batcher(
 ) -> Batcher:
     clock = now or [0.0]
 
-    def per_task(delivered: Any) -> None:
-        log.append(("per_task", delivered.headers["id"]))
+    def per_task(offered: Any) -> None:
+        log.append(("per_task", offered.headers["id"]))
 
     batcher = Batcher(
         TASK,
@@ -206,9 +206,9 @@ def point(sample_point: dict[str, Any], second: int) -> dict[str, Any]:
 
 def messages(
     sample_point: dict[str, Any], log: list[Any], count: int, **headers: Any
-) -> list[FakeDelivered]:
+) -> list[FakeOfferedMessage]:
     return [
-        FakeDelivered(f"m{second}", point(sample_point, second), log, **headers)
+        FakeOfferedMessage(f"m{second}", point(sample_point, second), log, **headers)
         for second in range(count)
     ]
 
@@ -279,7 +279,7 @@ def test_at_shutdown_or_a_lost_connection_held_messages_stay_unacked_for_redeliv
     assert len(first.buffer or []) == 0 and len(port.timers) == 0
     assert second is port.slot
     # when a batch whose channel closed meanwhile comes due
-    late = FakeDelivered("late", point(sample_point, 9), log)
+    late = FakeOfferedMessage("late", point(sample_point, 9), log)
     port.takers[TASK](late)
     late.channel_open = False
     now[0] = 11.0
@@ -379,9 +379,9 @@ def test_stored_duplicate_and_rejected_are_acked_and_a_failed_one_goes_on_alone(
     sample_point: dict[str, Any],
 ) -> None:
     make_batcher(port, log, context, size=3)
-    fresh = FakeDelivered("a", point(sample_point, 1), log)
-    again = FakeDelivered("b", point(sample_point, 1), log)
-    invalid = FakeDelivered("c", {"point": {**sample_point, "gpu_uuid": ""}}, log)
+    fresh = FakeOfferedMessage("a", point(sample_point, 1), log)
+    again = FakeOfferedMessage("b", point(sample_point, 1), log)
+    invalid = FakeOfferedMessage("c", {"point": {**sample_point, "gpu_uuid": ""}}, log)
     for message in (fresh, again, invalid):
         port.takers[TASK](message)
     # when
@@ -401,7 +401,7 @@ def test_retry_copies_and_messages_with_an_eta_take_the_per_task_path(
     sample_point: dict[str, Any],
 ) -> None:
     batcher = make_batcher(port, log, context, size=2)
-    retry = FakeDelivered("r", point(sample_point, 1), log, retries=1)
+    retry = FakeOfferedMessage("r", point(sample_point, 1), log, retries=1)
     # when
     assert not port.takers[TASK](retry)
     batcher.handle(retry, None, None, None, None)

@@ -29,7 +29,7 @@ from telemetry.worker.app import app
 from telemetry.worker.batcher import BatchResult
 from telemetry.worker.batching import write_batch
 from telemetry.worker.context import context_of
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 from telemetry.worker.retry_options import resolve_retry_policy
 
 logger = logging.getLogger("telemetry.tasks")
@@ -59,13 +59,13 @@ class IngestTask(Task):  # type: ignore[misc]
             "Dead-lettering message %s after %d retries: %s", task_id, self.request.retries, exc
         )
 
-    def write_batch(self, deliveries: Sequence[Delivery]) -> BatchResult:
+    def write_batch(self, messages: Sequence[DecodedMessage]) -> BatchResult:
         """The batch path's pool job, with this process's worker context.
 
         Handed to the pool as a method of the task: a task pickles by its name,
         so a forked pool process finds its own task, app and context.
         """
-        return write_batch(context_of(self.app), deliveries)
+        return write_batch(context_of(self.app), messages)
 
 
 @app.task(name=TASK_NAME, bind=True, base=IngestTask)  # type: ignore[untyped-decorator]
@@ -75,7 +75,9 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     # validation (and is rejected as invalid_arguments) instead of failing the call.
     context = context_of(self.app)
     settings = context.settings
-    result = ingest(context.store(), [Delivery(self.request.id, args, kwargs)], context.gpu_cache)
+    result = ingest(
+        context.store(), [DecodedMessage(self.request.id, args, kwargs)], context.gpu_cache
+    )
     context.recorder.ingested(result)
     [outcome] = result.outcomes
     if outcome.error is None:

@@ -22,7 +22,7 @@ from telemetry.api import ApiServer, create_app
 from telemetry.api.params import format_time
 from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 from tests.integration.api_support import (
     BASE,
     REPO,
@@ -267,11 +267,11 @@ def ingest_points(
     """Messages through the worker's write path into this test's database."""
     settings = api_settings(mongo_server.uri, database.name)
     writer = MongoTelemetryStore(database, settings)
-    deliveries = [
-        Delivery(f"m-{index}", (), {"point": point, "metadata": metadata})
+    messages = [
+        DecodedMessage(f"m-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    outcomes = ingest(writer, Stats(), deliveries)
+    outcomes = ingest(writer, Stats(), messages)
     assert {outcome.kind for outcome in outcomes} == {"stored"}, outcomes
 
 

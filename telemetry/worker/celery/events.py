@@ -18,8 +18,8 @@ logger = logging.getLogger("telemetry.celery")
 MULTI_EVENT_ROUTING_KEY = "task.multi"
 
 
-class SettledTask(NamedTuple):
-    """A task message the batch path settled: what its two task events say of it."""
+class SettledMessage(NamedTuple):
+    """A message a batch settled, as its two task events describe it (stage 5)."""
 
     task_id: str
     headers: Mapping[str, Any]  # its protocol-2 headers
@@ -50,7 +50,7 @@ class TaskEventSender:
         return bool(self._dispatcher is not None and self._dispatcher.enabled)
 
     def send_settled(
-        self, task_name: str, settled: Sequence[SettledTask], runtime_s: float
+        self, task_name: str, settled: Sequence[SettledMessage], runtime_s: float
     ) -> None:
         """A ``task-received`` event for each of ``settled``, then a ``task-succeeded`` for each.
 
@@ -123,7 +123,7 @@ def _json_text(value: object) -> str:
 
 def render_task_events(
     task_name: str,
-    settled: Sequence[SettledTask],
+    settled: Sequence[SettledMessage],
     runtime_s: float,
     source: EventSource,
     first_clock: int,
