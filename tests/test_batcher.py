@@ -226,7 +226,7 @@ def test_a_full_buffer_goes_to_the_pool_and_is_acked_after_its_write_returned(
         assert port.takers[TASK](message)
     # then: one job of three; the fourth waits
     assert [len(args[0]) for _, args, _, _ in port.jobs] == [3]
-    assert log == [] and len(batcher.buffer or []) == 1
+    assert log == [] and batcher.buffer is not None and batcher.buffer.due_in() is not None
     # when
     port.run_jobs()
     # then: the write returned before any of its messages was acked
@@ -276,7 +276,8 @@ def test_at_shutdown_or_a_lost_connection_held_messages_stay_unacked_for_redeliv
     # when the consumer reconnects (a new strategy on the same consumer)
     second = make_batcher(port, log, context, size=100, now=now)
     # then the old one's messages are forgotten and its timer stopped, nothing acked
-    assert len(first.buffer or []) == 0 and len(port.timers) == 0
+    assert first.buffer is not None and first.buffer.due_in() is None
+    assert port.timers == []
     assert second is port.slot
     # when a batch whose channel closed meanwhile comes due
     late = FakeOfferedMessage("late", point(sample_point, 9), log)

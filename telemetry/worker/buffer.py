@@ -74,10 +74,6 @@ class BatchBuffer:
             dropped, self._buffer = len(self._buffer), []
         return dropped
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._buffer)
-
     def _take(self) -> list[HeldMessage]:
         batch, self._buffer = self._buffer[: self.size], self._buffer[self.size :]
         return batch

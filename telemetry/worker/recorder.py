@@ -85,9 +85,9 @@ class Recorder:
         self.metrics.count_error(RejectionKind.UNKNOWN_TASK)
         self.dead_lettered()
 
-    def in_flight_inc(self, n: int = 1) -> None:
-        """``n`` more messages are being processed (a task running, or held for a batch)."""
-        self.metrics.in_flight.inc(n)
+    def in_flight_inc(self) -> None:
+        """One more message is being processed (a task running, or held for a batch)."""
+        self.metrics.in_flight.inc()
 
     def in_flight_dec(self, n: int = 1) -> None:
         """``n`` messages are done with (a batch's messages count again if they become tasks)."""
