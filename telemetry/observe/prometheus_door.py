@@ -3,8 +3,8 @@
 Two things the library offers no public way to do:
 
 * observe a whole batch of amounts at once: ``Histogram.observe`` takes a
-  lock and walks the buckets in Python for every amount (docs/performance.md
-  has the cost per point); :func:`observe_all` counts the batch per bucket
+  lock and walks the buckets in Python for every amount, which a batch's
+  points would each pay (docs/performance.md); :func:`observe_all` counts the batch per bucket
   first and adds one increment a bucket, through the histogram's
   ``_upper_bounds``, ``_buckets`` and ``_sum``;
 * choose multiprocess mode after import: the library picks its value class

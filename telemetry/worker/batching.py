@@ -30,10 +30,10 @@ messages skip Celery's revoke and ``expires`` checks, which this collector
 does not use.
 
 Why a strategy and not a group commit in the task body: a task per message
-costs Celery's whole per-task machinery (request, trace, pool hand-off),
-which alone caps a worker near 1,000 tasks/s here, whatever the database
-does. The job runs on the worker's pool, so it works with threads and
-processes alike; docs/batch-commits.md has the measurements.
+costs Celery's whole per-task machinery (request, trace, pool hand-off), and
+that machinery, not the database, would then bound how fast a worker goes.
+The job runs on the worker's pool, so it works with threads and processes
+alike. docs/batch-commits.md and docs/performance.md have the figures.
 """
 
 from __future__ import annotations
