@@ -28,6 +28,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from kombu.message import Message
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.broker.topology import TASK_NAME
 from telemetry.config import Settings
 from telemetry.errors import RejectionKind
@@ -142,7 +143,10 @@ def worker() -> Iterator[Worker]:
     built = Worker(store)
     app = tasks.ingest_task.app
     previous = vars(app).get(CONTEXT_ATTRIBUTE)
-    attach_context(app, WorkerContext(settings, LazyStore(lambda: store), Recorder.fresh(), None))
+    context = WorkerContext(
+        settings, LazyStore(lambda: store), Recorder.fresh(), None, RetryPolicy.of(settings)
+    )
+    attach_context(app, context)
     yield built
     if previous is None:
         delattr(app, CONTEXT_ATTRIBUTE)

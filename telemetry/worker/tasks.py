@@ -30,7 +30,6 @@ from telemetry.worker.batcher import BatchResult
 from telemetry.worker.batching import write_batch
 from telemetry.worker.context import context_of
 from telemetry.worker.ingest import DecodedMessage, ingest
-from telemetry.worker.retry_options import resolve_retry_policy
 
 logger = logging.getLogger("telemetry.tasks")
 # Spreads retries out in time; nothing secret depends on it.
@@ -85,8 +84,8 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     exc = outcome.error
     if not isinstance(exc, StorageUnavailable):
         raise exc
-    # Resolved here, from the task Celery runs, so that annotations applied to it count.
-    policy = resolve_retry_policy(self, settings)
+    # Resolved at start from this task's options, the policy whose delay queues were declared.
+    policy = context.retry_policy
     attempt = self.request.retries
     if policy.gives_up(attempt):
         raise exc
