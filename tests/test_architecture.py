@@ -345,9 +345,8 @@ def process_globals(source: str, stateful: set[str]) -> dict[str, int]:
                 found.setdefault(name, statement.lineno)
             seen.add(name)
         value = statement.value
-        if isinstance(value, ast.Call):
-            if ast.unparse(value.func).rpartition(".")[2] in stateful:
-                found.update(dict.fromkeys(names, statement.lineno))
+        if isinstance(value, ast.Call) and ast.unparse(value.func).rpartition(".")[2] in stateful:
+            found.update(dict.fromkeys(names, statement.lineno))
     return found
 
 
