@@ -332,7 +332,7 @@ def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[s
     The ``_id`` is the point's identity (GPU, metric, time, and MIG instance
     when there is one), so a redelivered message stores nothing twice. Keeping
     it in ``_id`` rather than in a unique index of its own saves one index
-    update per insert, the bulk of an insert's cost (docs/storage.md has the
+    update per insert, a large share of an insert's work (docs/storage.md has the
     figures).
 
     A point of the whole GPU keeps the ``_id`` of the points stored before
