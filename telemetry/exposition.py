@@ -80,7 +80,8 @@ _LABEL_NAME = r"[a-zA-Z_][a-zA-Z0-9_]*"
 # What Go's strconv.ParseFloat reads in decimal, which Python's float() reads the
 # same way; float() alone would also take "1_000" and non-ASCII digits. Each digit can
 # belong to one part only: with "[0-9]+\.?[0-9]*" a line that fails to match after a
-# run of digits backtracked through every split of it (8,000 digits took 4 s).
+# run of digits backtracked through every split of it, in time that grows with the
+# square of the run: a hostile exposition could stall a scrape.
 _NUMBER = r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))"
 # Milliseconds as Prometheus keeps them, an int64: at most 19 digits. The bound also
 # keeps int() below its 4,300-digit limit, past which it raises.
@@ -101,7 +102,8 @@ _TIMESTAMP_ONLY = re.compile(_TIMESTAMP)
 # escaped character is kept with its backslash), comma-separated.
 # Blanks are matched in one place each (never "[ \t]*,?[ \t]*", two patterns that can
 # share a run of blanks): label text that fails to match after a long run of blanks
-# otherwise backtracks through every split of it (20,000 blanks took 5 s).
+# otherwise backtracks through every split of it, in time that grows with the square
+# of the run: a hostile exposition could stall a scrape.
 _STRICT_LABEL = rf'({_LABEL_NAME})[ \t]*=[ \t]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t]*(?:,[ \t]*|$)'
 _STRICT_LABEL_RE = re.compile(_STRICT_LABEL)
 _STRICT_LABELS = re.compile(rf"[ \t]*(?:,[ \t]*)?(?:{_STRICT_LABEL})*")

@@ -191,10 +191,11 @@ def parse_timestamp(value: Any) -> datetime:
 class _FutureLimit:
     """The latest time a point may carry: now plus :data:`MAX_FUTURE`.
 
-    Reading the wall clock for every point cost 0.15 of the 2.3 µs a point's
-    validation took. The limit is read again once the last reading is a
-    second old, and whenever a time goes past it, so a time is refused only
-    against a fresh reading.
+    Reading the wall clock for every point would be a real share of a
+    point's validation (docs/performance.md), and a limit a second stale
+    changes nothing for a point within it. So the limit is read again once
+    the last reading is a second old, and whenever a time goes past it, so a
+    time is refused only against a fresh reading.
     """
 
     REREAD_AFTER_S = 1.0
@@ -243,10 +244,10 @@ def _parse_labels_cached(raw: str) -> dict[str, str] | None:
 def _parse_labels_text(raw: str) -> dict[str, str] | None:
     # Two scans in C: one proves the text is nothing but labels, the other takes
     # them; a label's match is fixed by where it starts, so ``findall`` finds the
-    # very labels the whole-text match went through. A DCGM label text takes 6 µs
-    # (matching one label at a time took 22). It matters beyond the cache: each text
-    # names its GPU and metric, so a fleet of more than about 400 GPUs cycles
-    # through the cache's 4,096 texts and misses every time.
+    # very labels the whole-text match went through, with no Python loop per label
+    # (docs/performance.md). It matters beyond the cache: each text names its GPU and
+    # metric, so a large enough fleet cycles through the cache's texts and misses
+    # every time.
     text = raw.strip()
     if _LABELS.fullmatch(text) is None:
         return None

@@ -12,6 +12,7 @@ from celery import Celery
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.config import ALL_ENV_NAMES, Settings, load_settings
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import TelemetryError
@@ -125,8 +126,11 @@ def recorder(stats: Stats, collector_metrics: CollectorMetrics) -> Recorder:
 def worker_context(
     settings: Settings, mock_store: MongoTelemetryStore, recorder: Recorder
 ) -> WorkerContext:
-    """A worker context on the mongomock store, without a GPU cache, counting into ``recorder``."""
-    return WorkerContext(settings, LazyStore(lambda: mock_store), recorder, None)
+    """A worker context on the mongomock store, without a GPU cache, counting into ``recorder``,
+    retrying as the settings say."""
+    return WorkerContext(
+        settings, LazyStore(lambda: mock_store), recorder, None, RetryPolicy.of(settings)
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The package's shape, checked: layers, one settings module, the doors to library internals."""
+"""The package's shape, checked: layers, one settings module, the doors to library internals,
+the worker's module sizes and no process globals but the allowed ones."""
 
 from __future__ import annotations
 
@@ -267,3 +268,133 @@ def test_the_celery_app_is_still_found_as_telemetry_app() -> None:
     check = "import telemetry; from celery import Celery; assert isinstance(telemetry.app, Celery)"
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+WORKER = PACKAGE / "worker"
+WORKER_MODULE_MAX_LINES = 300
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MODULES if WORKER in path.parents],
+    ids=lambda path: str(path.relative_to(PACKAGE)),
+)
+def test_no_module_of_the_worker_is_over_300_lines(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= WORKER_MODULE_MAX_LINES, f"{lines} lines: split it by job"
+
+
+# Process-wide state the worker and observe layers keep on purpose, by module and name.
+ALLOWED_PROCESS_GLOBALS = {
+    # `celery -A telemetry` finds the app as a module attribute; it is Celery's own object.
+    ("worker/app.py", "app"),
+    # Celery's signals are process-wide: the app's start and stop hooks connect once.
+    ("worker/app.py", "hooks"),
+    # A process has one signal wake-up descriptor (signal.set_wakeup_fd).
+    ("worker/signal_wakeup.py", "SIGNAL_WAKEUP"),
+    # Mirrors prometheus_client's own process-wide choice of value class (multiprocess mode).
+    ("observe/metrics.py", "_multiprocess_dir"),
+    # os.register_at_fork is process-wide and cannot be undone: register the hook once.
+    ("observe/health.py", "_fork_hook_registered"),
+}
+
+
+def immutable(node: ast.ClassDef) -> bool:
+    """Whether instances of the class cannot change: a frozen dataclass, named tuple or enum."""
+    frozen = any(
+        isinstance(decorator, ast.Call)
+        and any(
+            keyword.arg == "frozen" and getattr(keyword.value, "value", False) is True
+            for keyword in decorator.keywords
+        )
+        for decorator in node.decorator_list
+    )
+    bases = {ast.unparse(base).rpartition(".")[2] for base in node.bases}
+    return frozen or bool(bases & {"NamedTuple", "Enum", "StrEnum", "IntEnum"})
+
+
+def stateful_classes(sources: list[str]) -> set[str]:
+    """The names of the classes defined in ``sources`` whose instances can change."""
+    return {
+        node.name
+        for source in sources
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ClassDef) and not immutable(node)
+    }
+
+
+def process_globals(source: str, stateful: set[str]) -> dict[str, int]:
+    """Module-level state of ``source``, by name and line: names a ``global`` statement
+    rebinds, names bound more than once at module level, and module-level instances of
+    ``stateful`` classes (a process-wide object)."""
+    tree = ast.parse(source)
+    found: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found.update(dict.fromkeys(node.names, node.lineno))
+    seen: set[str] = set()
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign):
+            targets = statement.targets
+        elif isinstance(statement, ast.AnnAssign | ast.AugAssign):
+            targets = [statement.target]
+        else:
+            continue
+        names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+        for name in names:
+            if name in seen or isinstance(statement, ast.AugAssign):
+                found.setdefault(name, statement.lineno)
+            seen.add(name)
+        value = statement.value
+        if isinstance(value, ast.Call) and ast.unparse(value.func).rpartition(".")[2] in stateful:
+            found.update(dict.fromkeys(names, statement.lineno))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ("_state = None\ndef set_it(value):\n    global _state\n    _state = value", ["_state"]),
+        ("current = 1\ncurrent = 2", ["current"]),
+        ("count = 0\ncount += 1", ["count"]),
+        ("class Registry:\n    pass\nREGISTRY = Registry()", ["REGISTRY"]),
+        ("import threading\n_lock = threading.Lock()", []),
+        ("LIMIT = 64\ndef use():\n    limit = LIMIT\n    limit = 2", []),
+        (
+            "from dataclasses import dataclass\n@dataclass(frozen=True)\nclass Outcome:\n"
+            "    kind: str\nSTORED = Outcome('stored')",
+            [],
+        ),
+    ],
+)
+def test_a_process_global_is_told_from_a_constant(source: str, caught: list[str]) -> None:
+    assert sorted(process_globals(source, stateful_classes([source]))) == caught
+
+
+STATEFUL_CLASSES = stateful_classes([path.read_text() for path in MODULES])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [path for path in MODULES if {WORKER, PACKAGE / "observe"} & set(path.parents)],
+    ids=lambda path: str(path.relative_to(PACKAGE)),
+)
+def test_the_worker_and_observe_keep_no_process_globals_but_the_allowed_ones(path: Path) -> None:
+    module = str(path.relative_to(PACKAGE))
+    found = process_globals(path.read_text(), STATEFUL_CLASSES)
+    unexpected = [
+        f"line {line}: {name}"
+        for name, line in found.items()
+        if (module, name) not in ALLOWED_PROCESS_GLOBALS
+    ]
+    # State a worker needs goes in its context (telemetry/worker/context.py), passed down.
+    assert not unexpected
+
+
+def test_every_allowed_process_global_is_still_there() -> None:
+    stale = [
+        (module, name)
+        for module, name in sorted(ALLOWED_PROCESS_GLOBALS)
+        if name not in process_globals((PACKAGE / module).read_text(), STATEFUL_CLASSES)
+    ]
+    assert not stale, "drop these from ALLOWED_PROCESS_GLOBALS"

@@ -23,7 +23,7 @@ from telemetry.worker.context import WorkerContext
 TASK = "telemetry.ingest"
 
 
-class FakeDelivered:
+class FakeOfferedMessage:
     """A task message as the batcher sees it, recording how it was settled."""
 
     def __init__(self, task_id: str, kwargs: dict[str, Any], log: list[Any], **headers: Any):
@@ -69,14 +69,14 @@ class FakePort:
         self.slot: Any = None
         self.settled_events: list[Any] = []
 
-    def delivered(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
+    def offered(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> Any:
         return message
 
     def take_first(self, task_name: str, take: Callable[[Any], bool]) -> None:
         self.takers[task_name] = take
 
-    def ack_together(self, delivered: list[Any]) -> None:
-        for one in delivered:
+    def ack_together(self, offered: list[Any]) -> None:
+        for one in offered:
             one.ack()
 
     def run_in_pool(self, job: Any, args: tuple[Any, ...], on_result: Any, on_error: Any) -> None:
@@ -185,8 +185,8 @@ def make_batcher(
 ) -> Batcher:
     clock = now or [0.0]
 
-    def per_task(delivered: Any) -> None:
-        log.append(("per_task", delivered.headers["id"]))
+    def per_task(offered: Any) -> None:
+        log.append(("per_task", offered.headers["id"]))
 
     batcher = Batcher(
         TASK,
@@ -207,9 +207,9 @@ def point(sample_point: dict[str, Any], second: int) -> dict[str, Any]:
 
 def messages(
     sample_point: dict[str, Any], log: list[Any], count: int, **headers: Any
-) -> list[FakeDelivered]:
+) -> list[FakeOfferedMessage]:
     return [
-        FakeDelivered(f"m{second}", point(sample_point, second), log, **headers)
+        FakeOfferedMessage(f"m{second}", point(sample_point, second), log, **headers)
         for second in range(count)
     ]
 
@@ -227,7 +227,7 @@ def test_a_full_buffer_goes_to_the_pool_and_is_acked_after_its_write_returned(
         assert port.takers[TASK](message)
     # then: one job of three; the fourth waits
     assert [len(args[0]) for _, args, _, _ in port.jobs] == [3]
-    assert log == [] and len(batcher.buffer or []) == 1
+    assert log == [] and batcher.buffer is not None and batcher.buffer.due_in() is not None
     # when
     port.run_jobs()
     # then: the write returned before any of its messages was acked
@@ -277,10 +277,11 @@ def test_at_shutdown_or_a_lost_connection_held_messages_stay_unacked_for_redeliv
     # when the consumer reconnects (a new strategy on the same consumer)
     second = make_batcher(port, log, context, size=100, now=now)
     # then the old one's messages are forgotten and its timer stopped, nothing acked
-    assert len(first.buffer or []) == 0 and len(port.timers) == 0
+    assert first.buffer is not None and first.buffer.due_in() is None
+    assert port.timers == []
     assert second is port.slot
     # when a batch whose channel closed meanwhile comes due
-    late = FakeDelivered("late", point(sample_point, 9), log)
+    late = FakeOfferedMessage("late", point(sample_point, 9), log)
     port.takers[TASK](late)
     late.channel_open = False
     now[0] = 11.0
@@ -380,9 +381,9 @@ def test_stored_duplicate_and_rejected_are_acked_and_a_failed_one_goes_on_alone(
     sample_point: dict[str, Any],
 ) -> None:
     make_batcher(port, log, context, size=3)
-    fresh = FakeDelivered("a", point(sample_point, 1), log)
-    again = FakeDelivered("b", point(sample_point, 1), log)
-    invalid = FakeDelivered("c", {"point": {**sample_point, "gpu_uuid": ""}}, log)
+    fresh = FakeOfferedMessage("a", point(sample_point, 1), log)
+    again = FakeOfferedMessage("b", point(sample_point, 1), log)
+    invalid = FakeOfferedMessage("c", {"point": {**sample_point, "gpu_uuid": ""}}, log)
     for message in (fresh, again, invalid):
         port.takers[TASK](message)
     # when
@@ -402,7 +403,7 @@ def test_retry_copies_and_messages_with_an_eta_take_the_per_task_path(
     sample_point: dict[str, Any],
 ) -> None:
     batcher = make_batcher(port, log, context, size=2)
-    retry = FakeDelivered("r", point(sample_point, 1), log, retries=1)
+    retry = FakeOfferedMessage("r", point(sample_point, 1), log, retries=1)
     # when
     assert not port.takers[TASK](retry)
     batcher.handle(retry, None, None, None, None)

@@ -12,12 +12,12 @@ import pytest
 
 from telemetry.errors import StorageUnavailable
 from telemetry.store.mongo import MongoTelemetryStore
+from telemetry.worker.batch_timer import BatchTimer
 from telemetry.worker.batching import write_batch
-from telemetry.worker.buffer import BatchBuffer, Pending
+from telemetry.worker.buffer import BatchBuffer, HeldMessage
 from telemetry.worker.context import WorkerContext
-from telemetry.worker.ingest import Delivery
+from telemetry.worker.ingest import DecodedMessage
 from telemetry.worker.quarantine import Quarantine
-from telemetry.worker.wakeups import Wakeups
 
 
 def at(point: dict[str, Any], second: int, **changes: Any) -> dict[str, Any]:
@@ -30,11 +30,11 @@ def test_the_job_settles_stored_duplicate_and_rejected_and_leaves_failures_to_ta
     sample_point: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    write_batch(worker_context, [Delivery("a", [], {"point": at(sample_point, 1)})])
+    write_batch(worker_context, [DecodedMessage("a", [], {"point": at(sample_point, 1)})])
     batch = [
-        Delivery("b", [], {"point": at(sample_point, 1)}),
-        Delivery("c", [], {"point": at(sample_point, 2)}),
-        Delivery("d", [], {"point": at(sample_point, 3, gpu_uuid="")}),
+        DecodedMessage("b", [], {"point": at(sample_point, 1)}),
+        DecodedMessage("c", [], {"point": at(sample_point, 2)}),
+        DecodedMessage("d", [], {"point": at(sample_point, 3, gpu_uuid="")}),
     ]
     # when
     results = write_batch(worker_context, batch)
@@ -47,9 +47,9 @@ def test_the_job_settles_stored_duplicate_and_rejected_and_leaves_failures_to_ta
         raise StorageUnavailable("storing points: connection refused")
 
     monkeypatch.setattr(mock_store, "insert_points", down)
-    assert write_batch(worker_context, [Delivery("e", [], {"point": at(sample_point, 4)})]) == [
-        None
-    ]
+    assert write_batch(
+        worker_context, [DecodedMessage("e", [], {"point": at(sample_point, 4)})]
+    ) == [None]
     # and the job counted what it settled, in the context's counters
     counts = worker_context.recorder.stats.snapshot()
     assert (counts["telemetry_stored"], counts["duplicates"], counts["messages_errors"]) == (
@@ -66,32 +66,32 @@ def test_an_unexpected_error_in_the_job_leaves_every_message_to_tasks(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(mock_store, "record_rejected", broken)
-    deliveries = [Delivery("a", [], {}), Delivery("b", [], {})]
-    assert write_batch(worker_context, deliveries) == [None, None]
+    messages = [DecodedMessage("a", [], {}), DecodedMessage("b", [], {})]
+    assert write_batch(worker_context, messages) == [None, None]
 
 
-def pending(received: float) -> Pending:
-    delivered: Any = None  # the buffer never touches the message itself
-    return Pending(delivered, Delivery(f"t{received}", [], {}), received, 0.0)
+def held(received: float) -> HeldMessage:
+    offered: Any = None  # the buffer never touches the message itself
+    return HeldMessage(offered, DecodedMessage(f"t{received}", [], {}), received, 0.0)
 
 
 def test_buffer_hands_over_a_full_batch_at_once() -> None:
-    submitted: list[list[Pending]] = []
+    submitted: list[list[HeldMessage]] = []
     batcher = BatchBuffer(3, 0.2, submitted.append, clock=lambda: 0.0)
     # when
     for _ in range(7):
-        batcher.add(pending(0.0))
+        batcher.add(held(0.0))
     # then
     assert [len(batch) for batch in submitted] == [3, 3]
-    assert len(batcher) == 1
+    assert batcher.discard() == 1, "the seventh still held"
 
 
 def test_buffer_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval() -> None:
     now = [10.0]
-    submitted: list[list[Pending]] = []
+    submitted: list[list[HeldMessage]] = []
     batcher = BatchBuffer(100, 0.2, submitted.append, clock=lambda: now[0])
-    batcher.add(pending(10.0))
-    batcher.add(pending(10.1))
+    batcher.add(held(10.0))
+    batcher.add(held(10.1))
     # when
     now[0] = 10.15
     batcher.flush_due()
@@ -102,15 +102,15 @@ def test_buffer_flushes_a_partial_batch_only_once_its_oldest_waited_the_interval
     batcher.flush_due()
     # then
     assert [len(batch) for batch in submitted] == [2]
-    assert len(batcher) == 0
+    assert batcher.due_in() is None, "nothing held"
 
 
 def test_buffer_says_when_its_oldest_message_is_due() -> None:
     now = [10.0]
     batcher = BatchBuffer(100, 0.2, lambda batch: None, clock=lambda: now[0])
     assert batcher.due_in() is None
-    batcher.add(pending(10.0))
-    batcher.add(pending(10.1))
+    batcher.add(held(10.0))
+    batcher.add(held(10.1))
     now[0] = 10.15
     assert batcher.due_in() == pytest.approx(0.05)
     now[0] = 10.3
@@ -150,14 +150,14 @@ def test_wakeups_are_set_only_while_messages_are_held() -> None:
         wakes.append(held[0])
         held[0] = max(held[0] - 1, 0)
 
-    wakeups = Wakeups(timer.later, lambda: 0.2 if held[0] else None, wake, retry_s=0.02)
+    batch_timer = BatchTimer(timer.later, lambda: 0.2 if held[0] else None, wake, retry_s=0.02)
     # Nothing held: an idle worker's timer has nothing to do.
-    wakeups.arm()
-    assert timer.entries == [] and not wakeups.pending
+    batch_timer.arm()
+    assert timer.entries == []
     # The first held message sets one wake-up; more messages do not add others.
     held[0] = 2
-    wakeups.arm()
-    wakeups.arm()
+    batch_timer.arm()
+    batch_timer.arm()
     assert [entry.delay for entry in timer.entries] == [0.2]
     # Each wake-up sets the next while anything is held, and none once nothing is.
     timer.fire()
@@ -165,9 +165,9 @@ def test_wakeups_are_set_only_while_messages_are_held() -> None:
     timer.fire()
     assert timer.entries == [] and wakes == [2, 1]
     held[0] = 1
-    wakeups.arm()
-    wakeups.cancel()
-    assert timer.entries == [] and not wakeups.pending
+    batch_timer.arm()
+    batch_timer.cancel()
+    assert timer.entries == []
 
 
 def test_a_failing_wakeup_comes_back_but_does_not_spin() -> None:
@@ -176,32 +176,32 @@ def test_a_failing_wakeup_comes_back_but_does_not_spin() -> None:
     def broken() -> None:
         raise RuntimeError("flush failed")
 
-    wakeups = Wakeups(timer.later, lambda: 0.0, broken, retry_s=0.02)
-    wakeups.arm()
+    batch_timer = BatchTimer(timer.later, lambda: 0.0, broken, retry_s=0.02)
+    batch_timer.arm()
     with pytest.raises(RuntimeError):
         timer.fire()
     # Set again, for no sooner than retry_s, though the held message is overdue.
     assert [entry.delay for entry in timer.entries] == [0.02]
 
 
-class HeldMessage:
+class FakeSettleable:
     """What the quarantine reads of a held message: whether it was settled."""
 
     def __init__(self) -> None:
         self.acknowledged = False
 
 
-def suspect(name: str, received: float = 0.0) -> Pending:
-    delivered: Any = HeldMessage()
-    return Pending(delivered, Delivery(name, [], {}), received, 0.0)
+def suspect(name: str, received: float = 0.0) -> HeldMessage:
+    offered: Any = FakeSettleable()
+    return HeldMessage(offered, DecodedMessage(name, [], {}), received, 0.0)
 
 
 def picks(quarantine: Quarantine) -> list[str]:
     """Hand on every held message in turn, settling each before the next."""
     order = []
     while (due := quarantine.next_due()) is not None:
-        order.append(str(due.delivery.message_id))
-        due.delivered.acknowledged = True
+        order.append(str(due.decoded.message_id))
+        due.offered.acknowledged = True
     return order
 
 
@@ -212,7 +212,7 @@ def test_quarantine_hands_on_one_at_a_time_only_after_the_last_is_settled() -> N
     first = quarantine.next_due()
     assert first is not None
     assert quarantine.next_due() is None, "the next waits until the first is settled"
-    first.delivered.acknowledged = True
+    first.offered.acknowledged = True
     assert quarantine.next_due() is not None
 
 
@@ -244,11 +244,11 @@ def test_an_innocent_on_either_side_of_a_poison_is_settled_within_two_rounds() -
             quarantine.add(suspect(name), count)
         survivors = dict(held)
         while (due := quarantine.next_due()) is not None:
-            name = str(due.delivery.message_id)
+            name = str(due.decoded.message_id)
             if name == "P":
                 break  # the worker dies; everything unsettled comes back
             counts_at_settle[name] = survivors.pop(name)
-            due.delivered.acknowledged = True
+            due.offered.acknowledged = True
         held = [(name, count + 1) for name, count in survivors.items()]
     assert held == [("P", 6)]
     assert set(counts_at_settle) == {"a1", "a2", "b1", "b2"}

@@ -20,7 +20,7 @@ from celery.worker.consumer import Consumer
 from celery.worker.strategy import default as default_strategy
 from kombu import Connection
 
-from telemetry.worker.celery.events import SettledTask, TaskEventSender
+from telemetry.worker.celery.events import SettledMessage, TaskEventSender
 from telemetry.worker.celery.intake import GuardedConsumer
 
 
@@ -100,8 +100,8 @@ def test_the_event_dispatcher_has_the_attributes_a_batch_of_events_is_sent_with(
         dispatcher.producer.publish = lambda body, **options: published.append((body, options))
         # One message carrying a list of events, as the batch path sends them.
         settled = [
-            SettledTask("u-1", {"argsrepr": "()"}, 1.5, "'stored'"),
-            SettledTask("u-2", {}, 1.6, "'duplicate'"),
+            SettledMessage("u-1", {"argsrepr": "()"}, 1.5, "'stored'"),
+            SettledMessage("u-2", {}, 1.6, "'duplicate'"),
         ]
         TaskEventSender(dispatcher).send_settled("telemetry.ingest", settled, 0.1)
         dispatcher.close()

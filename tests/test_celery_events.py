@@ -10,7 +10,7 @@ from celery.events import Event
 
 from telemetry.worker.celery.events import (
     EventSource,
-    SettledTask,
+    SettledMessage,
     TaskEventSender,
     render_task_events,
 )
@@ -27,8 +27,8 @@ def test_rendered_task_events_carry_what_celerys_own_events_carry() -> None:
     }
     odd = {"argsrepr": ["not", "text"], "kwargsrepr": 7, "root_id": None}
     settled = [
-        SettledTask("u-1", headers, 100.25, "'stored'"),
-        SettledTask("u-2", odd, 101.5, "'duplicate'"),
+        SettledMessage("u-1", headers, 100.25, "'stored'"),
+        SettledMessage("u-2", odd, 101.5, "'duplicate'"),
     ]
     rendered = json.loads(render_task_events("telemetry.ingest", settled, 0.125, source, 10, 102.0))
     common = {"hostname": "probe@host", "utcoffset": -3600, "pid": 4321}
@@ -86,7 +86,7 @@ def test_the_event_exchange_is_declared_once_per_channel() -> None:
         delivery_mode=1,
     )
     sender = TaskEventSender(dispatcher)
-    settled = [SettledTask("u-1", {}, 1.0, "'stored'")]
+    settled = [SettledMessage("u-1", {}, 1.0, "'stored'")]
     for _ in range(2):
         sender.send_settled("telemetry.ingest", settled, 0.1)
     producer.channel = object()  # a reconnect: a new channel

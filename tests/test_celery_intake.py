@@ -9,8 +9,8 @@ import pytest
 from celery.worker.consumer import Consumer
 
 from telemetry.worker.celery.bodies import body_shape_problem, decode_plain_json
-from telemetry.worker.celery.delivered import Delivered
 from telemetry.worker.celery.intake import GuardedConsumer
+from telemetry.worker.celery.message import OfferedMessage
 from telemetry.worker.celery.strategy import ConsumerPort
 
 
@@ -60,9 +60,9 @@ def test_a_taker_is_offered_its_task_messages_before_celerys_handler() -> None:
     consumer.connection_errors = ()
     offered: list[Any] = []
 
-    def take(delivered: Delivered) -> bool:
-        offered.append(delivered.message)
-        return delivered.message.headers.get("retries") is None
+    def take(message: OfferedMessage) -> bool:
+        offered.append(message.message)
+        return message.message.headers.get("retries") is None
 
     ConsumerPort(consumer).take_first("telemetry.ingest", take)
     fresh = SimpleNamespace(headers={"task": "telemetry.ingest", "id": "a"})

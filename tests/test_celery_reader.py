@@ -71,7 +71,7 @@ class FakeLoop:
 
 
 def test_the_draining_reader_reads_while_messages_wait_then_leaves_the_rest_to_the_poll() -> None:
-    reader = DrainingReader()
+    reader = DrainingReader(None)
     connection, loop = FakeAmqpConnection(5, TimeoutError()), FakeLoop()
     reader(connection, loop)
     assert connection.read == 5
@@ -81,7 +81,7 @@ def test_the_draining_reader_reads_while_messages_wait_then_leaves_the_rest_to_t
 
 
 def test_the_draining_reader_takes_a_bounded_run_and_comes_back_for_more() -> None:
-    reader = DrainingReader()
+    reader = DrainingReader(None)
     limit = DrainingReader.LIMIT
     connection, loop = FakeAmqpConnection(limit + 10, TimeoutError()), FakeLoop()
     reader(connection, loop)
@@ -95,7 +95,7 @@ def test_the_draining_reader_takes_a_bounded_run_and_comes_back_for_more() -> No
 def test_the_draining_reader_passes_connection_errors_on() -> None:
     from amqp.exceptions import RecoverableConnectionError
 
-    reader = DrainingReader()
+    reader = DrainingReader(None)
     would_block = FakeAmqpConnection(1, BlockingIOError(errno.EAGAIN, "no data"))
     reader(would_block, FakeLoop())
     assert would_block.read == 1

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from celery.worker.consumer import Consumer
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.config import load_settings
 from telemetry.errors import RejectionKind, StorageUnavailable
 from telemetry.observe.stats import Stats
@@ -132,5 +133,6 @@ def test_an_oversize_body_is_recorded_by_its_start_and_acked(
 
 def test_the_body_bound_is_the_max_message_bytes_setting() -> None:
     settings = load_settings(env={"MAX_MESSAGE_BYTES": "4096"})
-    assert consumer_on(WorkerContext.start(settings)).max_body_length() == 4096
+    context = WorkerContext.start(settings, RetryPolicy.of(settings))
+    assert consumer_on(context).max_body_length() == 4096
     assert load_settings(env={}).max_message_bytes == 262_144

@@ -28,16 +28,17 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from kombu.message import Message
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.broker.topology import TASK_NAME
 from telemetry.config import Settings
 from telemetry.errors import RejectionKind
 from telemetry.store.lazy import LazyStore
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
-from telemetry.worker.celery.delivered import Delivered
 from telemetry.worker.celery.intake import GuardedConsumer
+from telemetry.worker.celery.message import OfferedMessage
 from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 from telemetry.worker.recorder import Recorder
 from tests.fuzz_strategies import json_values, metadata_objects, point_objects, valid_points
 
@@ -74,7 +75,7 @@ class Worker:
     def __init__(self, store: MongoTelemetryStore) -> None:
         self.store = store
         self.app = Celery("fuzz", set_as_current=False)
-        self.taken: list[Delivery] = []
+        self.taken: list[DecodedMessage] = []
         self.requests: list[Request] = []
         self.batching = True
         consumer = RecordingConsumer.__new__(RecordingConsumer)
@@ -91,14 +92,14 @@ class Worker:
         self.consumer = consumer
         self.handle = consumer.create_task_handler()
 
-    def take(self, delivered: Delivered) -> bool:
+    def take(self, offered: OfferedMessage) -> bool:
         """What the batch strategy's taker reads of a message before holding it."""
-        headers = delivered.headers
+        headers = offered.headers
         if not self.batching or headers.get("eta") or headers.get("retries"):
             return False
-        _ = delivered.delivery_count
-        args, kwargs = delivered.decode()
-        self.taken.append(Delivery(str(headers["id"]), args, kwargs))
+        _ = offered.delivery_count
+        args, kwargs = offered.decode()
+        self.taken.append(DecodedMessage(str(headers["id"]), args, kwargs))
         return True
 
     def per_task(self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any) -> None:
@@ -143,7 +144,10 @@ def worker() -> Iterator[Worker]:
     built = Worker(store)
     app = tasks.ingest_task.app
     previous = vars(app).get(CONTEXT_ATTRIBUTE)
-    attach_context(app, WorkerContext(settings, LazyStore(lambda: store), Recorder.fresh(), None))
+    context = WorkerContext(
+        settings, LazyStore(lambda: store), Recorder.fresh(), None, RetryPolicy.of(settings)
+    )
+    attach_context(app, context)
     yield built
     if previous is None:
         delattr(app, CONTEXT_ATTRIBUTE)

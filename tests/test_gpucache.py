@@ -9,7 +9,7 @@ from telemetry.models import GpuMetadata, Point
 from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 from telemetry.worker.recorder import Recorder
 
 T0 = datetime(2025, 7, 18, 20, 42, 34, tzinfo=UTC)
@@ -78,7 +78,7 @@ def test_ingest_with_cache_writes_each_gpu_once_per_lag_window_and_last_seen_tra
                 "point": point(seconds, metric).wire(),
                 "metadata": {"hostname": "h1"},
             }
-            recorder.ingested(ingest(mock_store, [Delivery("m", (), body)], cache))
+            recorder.ingested(ingest(mock_store, [DecodedMessage("m", (), body)], cache))
     # then: one upsert at 0 s, none at 30 s (within the lag), one at 90 s
     assert stats.snapshot()["gpus_stored"] == 2
     assert stats.snapshot()["telemetry_stored"] == 30

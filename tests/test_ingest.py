@@ -13,30 +13,30 @@ from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Stats
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, Outcome, ingest
+from telemetry.worker.ingest import DecodedMessage, Outcome, ingest
 from telemetry.worker.recorder import Recorder
 
 
 def ingest_batch(
     store: MongoTelemetryStore,
     stats: Stats,
-    deliveries: list[Delivery],
+    messages: list[DecodedMessage],
     gpu_cache: GpuCache | None = None,
 ) -> list[Outcome]:
     """The write path, and its outcomes counted into ``stats`` as a worker counts them."""
-    result = ingest(store, deliveries, gpu_cache)
+    result = ingest(store, messages, gpu_cache)
     Recorder(stats, CollectorMetrics.fresh()).ingested(result)
     return result.outcomes
 
 
-def delivery(point: Any, metadata: Any = None, message_id: str = "msg-1") -> Delivery:
+def decoded(point: Any, metadata: Any = None, message_id: str = "msg-1") -> DecodedMessage:
     kwargs = {"point": point} if metadata is None else {"point": point, "metadata": metadata}
-    return Delivery(message_id, (), kwargs)
+    return DecodedMessage(message_id, (), kwargs)
 
 
 def ingest_one(store: MongoTelemetryStore, stats: Stats, point: Any, metadata: Any = None) -> str:
     """One message through the write path, as the per-task path sends it: a batch of one."""
-    [outcome] = ingest_batch(store, stats, [delivery(point, metadata)])
+    [outcome] = ingest_batch(store, stats, [decoded(point, metadata)])
     return outcome.describe()
 
 
@@ -206,7 +206,7 @@ def test_storage_outage_fails_every_point_for_retry_and_nothing_is_counted(
         raise StorageUnavailable("upserting GPUs: connection refused")
 
     monkeypatch.setattr(mock_store, "upsert_gpus", down)
-    outcomes = ingest_batch(mock_store, stats, [delivery(at(sample_point, s)) for s in range(3)])
+    outcomes = ingest_batch(mock_store, stats, [decoded(at(sample_point, s)) for s in range(3)])
     assert [outcome.kind for outcome in outcomes] == ["failed"] * 3
     assert all(isinstance(outcome.error, StorageUnavailable) for outcome in outcomes)
     assert not any(outcome.settled for outcome in outcomes)
@@ -220,12 +220,12 @@ def test_a_batch_gives_one_outcome_per_message_in_order(
     # given: one point stored before, so its second delivery is a duplicate
     ingest_one(mock_store, stats, at(sample_point, 1))
     batch = [
-        delivery(at(sample_point, 2), message_id="a"),
-        delivery(at(sample_point, 1), message_id="b"),
-        delivery(dict(sample_point, value="hot"), message_id="c"),
-        delivery(at(sample_point, 3), {"gpu_index": -1}, message_id="d"),
-        Delivery("e", (), {"colour": "red"}),
-        delivery(at(sample_point, 4), message_id="f"),
+        decoded(at(sample_point, 2), message_id="a"),
+        decoded(at(sample_point, 1), message_id="b"),
+        decoded(dict(sample_point, value="hot"), message_id="c"),
+        decoded(at(sample_point, 3), {"gpu_index": -1}, message_id="d"),
+        DecodedMessage("e", (), {"colour": "red"}),
+        decoded(at(sample_point, 4), message_id="f"),
     ]
     # when
     outcomes = ingest_batch(mock_store, stats, batch)
@@ -264,9 +264,9 @@ def test_a_batch_upserts_each_gpu_once_with_the_span_of_its_points(
     sample_metadata: dict[str, Any],
 ) -> None:
     batch = [
-        delivery(at(sample_point, 5), sample_metadata),
-        delivery(at(sample_point, 1), {**sample_metadata, "hostname": "moved"}),
-        delivery(at(sample_point, 3, gpu_uuid="GPU-other")),
+        decoded(at(sample_point, 5), sample_metadata),
+        decoded(at(sample_point, 1), {**sample_metadata, "hostname": "moved"}),
+        decoded(at(sample_point, 3, gpu_uuid="GPU-other")),
     ]
     ingest_batch(mock_store, stats, batch, GpuCache(lag_s=60))
     assert stats.snapshot()["gpus_stored"] == 2
@@ -290,7 +290,7 @@ def test_a_point_the_database_refuses_fails_alone(
 
     monkeypatch.setattr(mock_store, "insert_points", insert_points)
     outcomes = ingest_batch(
-        mock_store, stats, [delivery(at(sample_point, 1)), delivery(at(sample_point, 2))]
+        mock_store, stats, [decoded(at(sample_point, 1)), decoded(at(sample_point, 2))]
     )
     assert outcomes == [Outcome("stored"), Outcome("failed", error=refused)]
     assert stats.snapshot()["telemetry_stored"] == 1
@@ -303,7 +303,7 @@ def test_invalid_messages_that_cannot_be_recorded_fail_for_retry(
         raise StorageUnavailable("recording rejected messages: connection refused")
 
     monkeypatch.setattr(mock_store, "record_rejected", down)
-    [outcome] = ingest_batch(mock_store, stats, [Delivery("x", (), {})])
+    [outcome] = ingest_batch(mock_store, stats, [DecodedMessage("x", (), {})])
     assert outcome.kind == "failed"
     assert isinstance(outcome.error, StorageUnavailable)
     assert stats.snapshot()["messages_errors"] == 0

@@ -15,7 +15,7 @@ from telemetry.observe import metrics
 from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Count
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, ingest, reject_undecodable
+from telemetry.worker.ingest import DecodedMessage, ingest, reject_undecodable
 from telemetry.worker.recorder import Recorder
 
 
@@ -37,9 +37,9 @@ def test_rejected_messages_are_counted_by_reason_and_every_reason_starts_at_zero
 ) -> None:
     # when: the kind travels with the rejection, never parsed back from its text
     bad = [
-        Delivery("bad-1", (), {"point": dict(sample_point, value="NaN")}),
-        Delivery("bad-2", (), {"point": dict(sample_point, gpu_uuid="")}),
-        Delivery("bad-3", (), {"point": sample_point, "metadata": "x"}),
+        DecodedMessage("bad-1", (), {"point": dict(sample_point, value="NaN")}),
+        DecodedMessage("bad-2", (), {"point": dict(sample_point, gpu_uuid="")}),
+        DecodedMessage("bad-3", (), {"point": sample_point, "metadata": "x"}),
     ]
     recorder.ingested(ingest(mock_store, bad))
     recorder.ingested(
@@ -88,7 +88,7 @@ def test_a_stored_point_records_its_latency_and_one_write_of_one_point(
     point = dict(sample_point, timestamp=format_timestamp(published))
     # when: it arrives twice
     for _ in range(2):
-        recorder.ingested(ingest(mock_store, [Delivery("m-1", (), {"point": point})]))
+        recorder.ingested(ingest(mock_store, [DecodedMessage("m-1", (), {"point": point})]))
     # then: two writes of one point each, one latency (the duplicate stored nothing)
     assert sample(collector_metrics, "telemetry_db_write_seconds_count") == 2
     assert sample(collector_metrics, "telemetry_db_write_batch_size_sum") == 2
@@ -114,16 +114,16 @@ def test_a_write_that_fails_is_not_timed(
         raise StorageUnavailable("storing points: connection refused")
 
     monkeypatch.setattr(mock_store, "insert_points", down)
-    recorder.ingested(ingest(mock_store, [Delivery("m-1", (), {"point": sample_point})]))
+    recorder.ingested(ingest(mock_store, [DecodedMessage("m-1", (), {"point": sample_point})]))
     assert sample(collector_metrics, "telemetry_db_write_seconds_count") == 0
     assert sample(collector_metrics, "telemetry_messages_processed_total") == 0
 
 
-def test_in_flight_goes_up_and_down_by_n(
+def test_in_flight_goes_up_one_at_a_time_and_down_by_a_batch(
     collector_metrics: CollectorMetrics, recorder: Recorder
 ) -> None:
-    recorder.in_flight_inc()
-    recorder.in_flight_inc(10)
+    for _ in range(11):
+        recorder.in_flight_inc()
     recorder.in_flight_dec(4)
     assert sample(collector_metrics, "telemetry_messages_in_flight") == 7
 

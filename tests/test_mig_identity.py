@@ -16,7 +16,7 @@ from telemetry.store.mongo import (
     instance_of_key,
     point_document,
 )
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 
 UUID = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
 METRIC = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -39,11 +39,11 @@ def store_all(
     gpu_cache: GpuCache | None = None,
 ) -> list[str]:
     """Messages through the write path as one batch; their outcomes."""
-    deliveries = [
-        Delivery(f"msg-{index}", (), {"point": point, "metadata": metadata})
+    messages = [
+        DecodedMessage(f"msg-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    return [outcome.kind for outcome in ingest(store, deliveries, gpu_cache).outcomes]
+    return [outcome.kind for outcome in ingest(store, messages, gpu_cache).outcomes]
 
 
 def test_two_instances_of_one_gpu_metric_and_time_are_both_stored(

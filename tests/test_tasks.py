@@ -8,10 +8,12 @@ import pytest
 from celery import Celery, Task
 from celery.exceptions import Retry
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.broker.topology import TASK_NAME
 from telemetry.errors import StorageUnavailable
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
+from telemetry.worker.context import WorkerContext
 from telemetry.worker.retry_options import ingest_task_of
 
 
@@ -27,21 +29,21 @@ def failed_attempt(task: Task, retries: int, point: dict[str, object]) -> BaseEx
     raise AssertionError("the attempt did not fail")
 
 
-def test_a_storage_failure_is_retried_as_the_task_options_say_then_given_up(
+def test_a_storage_failure_is_retried_as_the_workers_retry_policy_says_then_given_up(
     collector_app: Celery,
+    worker_context: WorkerContext,
     monkeypatch: pytest.MonkeyPatch,
     mock_store: MongoTelemetryStore,
     sample_point: dict[str, object],
 ) -> None:
-    # given: the database is down, and the task has retry options as Celery's
-    # annotations set them (on the task's class), unlike the settings' defaults
+    # given: the database is down, and the worker started with a retry policy unlike
+    # the settings' defaults (as the task's options give it: tests/test_retry_options.py)
     def down(*_: Any) -> None:
         raise StorageUnavailable("storing points: connection refused")
 
     monkeypatch.setattr(mock_store, "upsert_gpus", down)
+    monkeypatch.setattr(worker_context, "retry_policy", RetryPolicy(2, 0.1, 60.0, False))
     task = ingest_task_of(collector_app)
-    for option, value in {"max_retries": 2, "retry_backoff": 0.1, "retry_jitter": False}.items():
-        monkeypatch.setattr(type(task), option, value, raising=False)
     retried: list[dict[str, Any]] = []
 
     def retry(**options: Any) -> Retry:

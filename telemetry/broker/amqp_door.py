@@ -2,8 +2,8 @@
 published straight on py-amqp's channel.
 
 kombu's ``Producer`` (serializer registry, declare check, message
-preparation) costs more per message than the rest of publishing a point
-(docs/performance.md). A new message to RabbitMQ needs none of it: its body
+preparation) is general machinery every message would pass through
+(docs/performance.md has its cost). A new message to RabbitMQ needs none of it: its body
 is JSON and its properties are known, so it goes to py-amqp's
 ``Channel.basic_publish`` with the properties the Producer would give it.
 """

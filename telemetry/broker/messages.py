@@ -4,7 +4,8 @@ Producers need no Celery app to send a task: protocol 2 is a documented
 wire format (headers carry the task name and id; the body is
 ``[args, kwargs, embed]`` in JSON). Building it here keeps the streamer and
 the dead-letter tools below the worker, and skips Celery's per-message
-machinery, which cost most of the streamer's time (profiled).
+machinery, which a producer of plain JSON messages does not need
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class TaskMessage:
     body: Any
 
 
-# Asked once: a system call per message was 2 % of the streamer's time (profiled).
+# Asked once: the host name does not change while a producer runs, and asking costs a
+# system call per message.
 _HOSTNAME = socket.gethostname()
 
 
@@ -50,8 +52,8 @@ def build_task_message(
     (``lang``, ``retries`` 0, ``argsrepr``, ``ignore_result`` false,
     ``replaced_task_nesting`` 0) or say "not set" (eta, expires, group, time
     limits, parent) are left out: py-amqp writes each table entry in Python,
-    and leaving out five of them (and an empty ``reply_to``) saves 40,000 of
-    the 140,000 instructions of a message's properties (callgrind).
+    so every entry that says nothing costs every message something
+    (docs/performance.md).
     ``kwargsrepr`` is a short summary, which is what Flower shows.
     """
     task_id = task_id or new_task_id()
@@ -71,12 +73,12 @@ def build_task_message(
 
 
 class _RandomIds:
-    """Random (version 4) UUIDs as text, like ``str(uuid.uuid4())`` for half its cost.
+    """Random (version 4) UUIDs as text, like ``str(uuid.uuid4())`` but cheaper per id.
 
     ``uuid4()`` asks the kernel for 16 bytes per id and builds a UUID object
-    to print it: 20,500 instructions per id, about 4 % of the streamer's work
-    per point (callgrind). Here the random bytes come 4 KiB at a time and are
-    formatted directly (10,400 instructions).
+    only to print it. Here the random bytes come 4 KiB at a time and are
+    formatted directly, so a producer sending a point per message spends
+    less on its ids (docs/performance.md).
     """
 
     _IDS_PER_REFILL = 256

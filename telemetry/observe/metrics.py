@@ -150,9 +150,9 @@ class CollectorMetrics:
         if counter is not None:
             counter.inc(by)
 
-    def count_error(self, kind: RejectionKind, by: int = 1) -> None:
-        """Count ``by`` invalid messages under their kind."""
-        self.errors.labels(reason=kind.value).inc(by)
+    def count_error(self, kind: RejectionKind) -> None:
+        """Count one invalid message under its kind."""
+        self.errors.labels(reason=kind.value).inc()
 
     def observe_latencies(self, seconds: Sequence[float]) -> None:
         """Record the ingest latencies of stored points, as observing each in turn would,

@@ -3,10 +3,10 @@
 Two things the library offers no public way to do:
 
 * observe a whole batch of amounts at once: ``Histogram.observe`` takes a
-  lock and walks the buckets in Python for every amount (docs/performance.md
-  has the cost per point); :func:`observe_all` counts the batch per bucket
-  first and adds one increment a bucket, through the histogram's
-  ``_upper_bounds``, ``_buckets`` and ``_sum``;
+  lock and walks the buckets in Python for every amount, which each point
+  of a batch would pay (docs/performance.md); :func:`observe_all` counts
+  the batch per bucket first and adds one increment a bucket, through the
+  histogram's ``_upper_bounds``, ``_buckets`` and ``_sum``;
 * choose multiprocess mode after import: the library picks its value class
   once, when first imported, from ``PROMETHEUS_MULTIPROC_DIR``; a worker
   knows only later whether its pool forks, so :func:`use_multiprocess_values`

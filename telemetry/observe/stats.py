@@ -8,10 +8,9 @@ process handled; the worker's recorder is the one writer.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 
 class Count(enum.StrEnum):
@@ -39,11 +38,10 @@ class Stats:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(Count, 0)
 
-    def incr(self, *names: Count, by: int = 1) -> None:
-        """Add ``by`` to each named counter."""
+    def incr(self, name: Count) -> None:
+        """Add one to the counter ``name``."""
         with self._lock:
-            for name in names:
-                self._values[name] += by
+            self._values[name] += 1
 
     def add(self, counts: Mapping[Count, int]) -> None:
         """Add each of ``counts`` to its counter, all under one lock."""
@@ -60,37 +58,24 @@ class Stats:
 STATS_MESSAGE = "Collector statistics"
 
 
-def stats_fields(stats: Stats, instance_id: str, component: str = "collector") -> dict[str, object]:
+def stats_fields(stats: Stats, instance_id: str) -> dict[str, object]:
     """Component, instance and every counter: the fields of a statistics log line."""
-    body: dict[str, object] = {"component": component, "instance_id": instance_id}
+    body: dict[str, object] = {"component": "collector", "instance_id": instance_id}
     body.update(stats.snapshot())
     return body
-
-
-def stats_line(stats: Stats, instance_id: str, component: str = "collector") -> str:
-    """The statistics as one JSON object: message, component, instance and every counter."""
-    return json.dumps({"message": STATS_MESSAGE, **stats_fields(stats, instance_id, component)})
 
 
 class StatsReporter:
     """Logs the statistics every ``interval_s`` seconds, and once more on :meth:`stop`.
 
     Each report is one log record with the counters as extra fields, so the
-    JSON log line carries them as top-level fields. ``emit``, when given,
-    receives :func:`stats_line` instead.
+    JSON log line carries them as top-level fields.
     """
 
-    def __init__(
-        self,
-        stats: Stats,
-        instance_id: str,
-        interval_s: float,
-        emit: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, stats: Stats, instance_id: str, interval_s: float) -> None:
         self._stats = stats
         self._instance_id = instance_id
         self._interval_s = interval_s
-        self._emit = emit
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-reporter", daemon=True)
 
@@ -110,7 +95,4 @@ class StatsReporter:
             self._report()
 
     def _report(self) -> None:
-        if self._emit is not None:
-            self._emit(stats_line(self._stats, self._instance_id))
-        else:
-            logger.info(STATS_MESSAGE, extra=stats_fields(self._stats, self._instance_id))
+        logger.info(STATS_MESSAGE, extra=stats_fields(self._stats, self._instance_id))

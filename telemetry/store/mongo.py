@@ -93,8 +93,8 @@ class InstanceSpan:
 class GpuUpdate(NamedTuple):
     """One GPU upsert of a batch: the metadata to set and the span of point times seen.
 
-    A named tuple: a batch makes one per GPU, and a frozen dataclass costs
-    twice as much to build (instruction counts). ``instances`` is None unless
+    A named tuple, the cheapest record to build: a batch makes one per GPU
+    (docs/performance.md). ``instances`` is None unless
     a point of the batch came from a MIG instance of the GPU.
     """
 
@@ -306,8 +306,8 @@ def point_document(point: Point, metadata: GpuMetadata, now: datetime) -> dict[s
     The ``_id`` is the point's identity (GPU, metric, time, and MIG instance
     when there is one), so a redelivered message stores nothing twice. Keeping
     it in ``_id`` rather than in a unique index of its own saves one index
-    update per insert: about 1.5-2x the insert rate on SecantusDB
-    (docs/storage.md).
+    update per insert, a large share of an insert's work (docs/storage.md has the
+    figures).
 
     A point of the whole GPU keeps the ``_id`` of the points stored before
     MIG instances were known, ``{gpu_uuid, metric_name, timestamp}`` in that

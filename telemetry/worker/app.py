@@ -27,6 +27,7 @@ import click
 from celery import Celery
 
 from telemetry.broker.connect import Broker, login_refused
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.broker.topology import Topology, topology_problem
 from telemetry.config import (
     Settings,
@@ -60,9 +61,11 @@ WORKER_FLAGS = flag_fields("worker")
 USER_CELERY_CONFIG = "celeryconfig"
 
 
-def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> int:
+def apply_settings(
+    app: Celery, settings: Settings, concurrency: int | None, retry_policy: RetryPolicy
+) -> int:
     """Put the collector settings into Celery's terms, and attach the worker context built
-    from them to ``app``; return the concurrency used."""
+    from them and the resolved ``retry_policy`` to ``app``; return the concurrency used."""
     threads = concurrency or settings.queue_workers
     app.conf.worker_concurrency = threads
     # Celery's prefetch is per pool slot; QUEUE_BUFFER_SIZE bounds the total unacked.
@@ -75,7 +78,7 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     app.conf.task_default_exchange = settings.queue_name
     app.conf.task_default_routing_key = settings.queue_name
     configure_broker(app, settings)
-    attach_context(app, WorkerContext.start(settings))
+    attach_context(app, WorkerContext.start(settings, retry_policy))
     return threads
 
 
@@ -117,7 +120,9 @@ class TelemetryWorker(BaseWorker):
         log_retry_policy(ingest, settings, retry)
         # Both are None unless -c / --prefetch-multiplier were given (celeryconfig
         # leaves them unset), so the collector settings decide.
-        kwargs["concurrency"] = apply_settings(celery_app, settings, kwargs.get("concurrency"))
+        kwargs["concurrency"] = apply_settings(
+            celery_app, settings, kwargs.get("concurrency"), retry
+        )
         if kwargs.get("prefetch_multiplier") is None:
             kwargs["prefetch_multiplier"] = celery_app.conf.worker_prefetch_multiplier
         # Mingle broadcasts to the control mailbox at start, and gossip binds a queue to

@@ -15,21 +15,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from telemetry.config import Settings
-from telemetry.worker.buffer import BatchBuffer, Pending
-from telemetry.worker.celery.delivered import Delivered
-from telemetry.worker.celery.message import MessageHandler
+from telemetry.worker.batch_timer import BatchTimer
+from telemetry.worker.buffer import BatchBuffer, HeldMessage
+from telemetry.worker.celery.message import MessageHandler, OfferedMessage
 from telemetry.worker.celery.strategy import ConsumerPort
-from telemetry.worker.ingest import Delivery
+from telemetry.worker.ingest import DecodedMessage
 from telemetry.worker.quarantine import Quarantine
 from telemetry.worker.recorder import Recorder
-from telemetry.worker.wakeups import Wakeups
 
 logger = logging.getLogger("telemetry.batching")
 
 # Per message of a batch: the task result text, or None for "take the per-task path".
 # Plain data, so a pool process can send it back.
 BatchResult = list[str | None]
-BatchJob = Callable[[Sequence[Delivery]], BatchResult]
+BatchJob = Callable[[Sequence[DecodedMessage]], BatchResult]
 """The pool job: the one write path over a batch, never raising."""
 
 
@@ -89,7 +88,7 @@ class Batcher:
         # Redelivered messages wait for their hold and for the suspect before them to
         # be settled (settling one also asks for the next): checked this often.
         self._suspect_check_s = min(flush_interval_s / 4, 0.02)
-        self.wakeups = Wakeups(port.later, self.due_in, self.wake, retry_s=self._suspect_check_s)
+        self.timer = BatchTimer(port.later, self.due_in, self.wake, retry_s=self._suspect_check_s)
 
     def start(self) -> MessageHandler:
         """Take over the consumer's ``telemetry.ingest`` messages; return the strategy's handler.
@@ -117,38 +116,38 @@ class Batcher:
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
     ) -> Any:
         """The strategy's message handler: hold the message, or hand it to Celery's."""
-        delivered = self._port.delivered(message, body, ack, reject, callbacks)
-        if self.take(delivered):
+        offered = self._port.offered(message, body, ack, reject, callbacks)
+        if self.take(offered):
             return None
-        return delivered.hand_to(self._per_task)
+        return offered.hand_to(self._per_task)
 
-    def take(self, delivered: Delivered) -> bool:
+    def take(self, offered: OfferedMessage) -> bool:
         """Hold a fresh or redelivered message for a batch; False leaves it to the per-task path."""
-        headers = delivered.headers
+        headers = offered.headers
         if headers.get("eta") or headers.get("retries"):
             return False
-        suspect = delivered.delivery_count
+        suspect = offered.delivery_count
         buffer = self.buffer
         if not suspect and buffer is None:
             return False
         # The consumer checked the body's shape before any handler sees it.
-        args, kwargs = delivered.decode()
-        pending = Pending(
-            delivered, Delivery(str(headers["id"]), args, kwargs), self._clock(), time.time()
+        args, kwargs = offered.decode()
+        held = HeldMessage(
+            offered, DecodedMessage(str(headers["id"]), args, kwargs), self._clock(), time.time()
         )
         self._recorder.in_flight_inc()
         if suspect:
-            self.quarantine.add(pending, suspect)
+            self.quarantine.add(held, suspect)
         elif buffer is not None:
-            buffer.add(pending)
-        self.wakeups.arm()
+            buffer.add(held)
+        self.timer.arm()
         return True
 
-    def submit(self, batch: list[Pending]) -> None:
+    def submit(self, batch: list[HeldMessage]) -> None:
         """Hand ``batch`` to the pool as one job; :meth:`settle` runs when it is done."""
         # A buffer only ever holds deliveries of one channel (a reconnect brings a new
         # batcher). Once it closed they cannot be acked any more: RabbitMQ redelivers them.
-        if not batch[0].delivered.channel_open:
+        if not batch[0].offered.channel_open:
             self._recorder.in_flight_dec(len(batch))
             logger.info("Dropped %d buffered messages of a lost connection", len(batch))
             return
@@ -156,7 +155,7 @@ class Batcher:
         try:
             self._port.run_in_pool(
                 self._job,
-                ([pending.delivery for pending in batch],),
+                ([held.decoded for held in batch],),
                 on_result=lambda results: self.settle(batch, results, started),
                 on_error=lambda exc: self.settle(batch, exc, started),
             )
@@ -165,7 +164,7 @@ class Batcher:
             logger.exception("Could not hand a batch of %d to the pool", len(batch))
             self.settle(batch, None, started)
 
-    def settle(self, batch: list[Pending], results: Any, started: float) -> None:
+    def settle(self, batch: list[HeldMessage], results: Any, started: float) -> None:
         """Ack what the write settled, send the rest on alone, and report the settled."""
         if not isinstance(results, list) or len(results) != len(batch):
             # The job died (a lost pool process, say): each message goes on alone.
@@ -175,28 +174,28 @@ class Batcher:
         # path is counted there again, by the worker's task signals.
         self._recorder.in_flight_dec(len(batch))
         paired = list(zip(batch, results, strict=True))
-        done = [(pending, result) for pending, result in paired if result is not None]
+        done = [(held, result) for held, result in paired if result is not None]
         port = self._port
-        port.ack_together([pending.delivered for pending, _ in done])
-        for pending, result in paired:
+        port.ack_together([held.offered for held, _ in done])
+        for held, result in paired:
             if result is None:
-                port.call_soon(self.alone, pending)
+                port.call_soon(self.alone, held)
         if len(self.quarantine):
             # After the acks above (the consumer runs its calls in order), so the next
             # suspect is only ever held beside settled ones.
             port.call_soon(self.next_suspect)
         self._recorder.batch_settled(done, self._events, self.task_name, time.monotonic() - started)
 
-    def alone(self, pending: Pending) -> None:
+    def alone(self, held: HeldMessage) -> None:
         """Celery's per-task path for one message, on the consumer's thread like all its calls."""
         try:
-            pending.delivered.hand_to(self._per_task)
+            held.offered.hand_to(self._per_task)
         except Exception:
             logger.exception(
-                "Message %s could not take the task path; requeued", pending.delivery.message_id
+                "Message %s could not take the task path; requeued", held.decoded.message_id
             )
-            if not pending.delivered.acknowledged:
-                pending.delivered.requeue()
+            if not held.offered.acknowledged:
+                held.offered.requeue()
 
     def next_suspect(self) -> None:
         """Write the next redelivered message on its own, once the one before is settled."""
@@ -219,7 +218,7 @@ class Batcher:
 
     def discard(self) -> int:
         """Stop the timer and forget every held message, unsettled; return how many."""
-        self.wakeups.cancel()
+        self.timer.cancel()
         held = self.quarantine.discard()
         if self.buffer is not None:
             held += self.buffer.discard()

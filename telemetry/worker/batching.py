@@ -30,10 +30,10 @@ messages skip Celery's revoke and ``expires`` checks, which this collector
 does not use.
 
 Why a strategy and not a group commit in the task body: a task per message
-costs Celery's whole per-task machinery (request, trace, pool hand-off),
-which alone caps a worker near 1,000 tasks/s here, whatever the database
-does. The job runs on the worker's pool, so it works with threads and
-processes alike; docs/batch-commits.md has the measurements.
+costs Celery's whole per-task machinery (request, trace, pool hand-off), and
+that machinery, not the database, would then bound how fast a worker goes.
+The job runs on the worker's pool, so it works with threads and processes
+alike. docs/batch-commits.md and docs/performance.md have the figures.
 """
 
 from __future__ import annotations
@@ -46,22 +46,22 @@ from telemetry.worker.batcher import Batcher, BatchOptions, BatchResult
 from telemetry.worker.celery.message import MessageHandler
 from telemetry.worker.celery.strategy import ConsumerPort, make_strategy
 from telemetry.worker.context import WorkerContext, context_of
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, ingest
 
 logger = logging.getLogger("telemetry.batching")
 
 
-def write_batch(context: WorkerContext, deliveries: Sequence[Delivery]) -> BatchResult:
+def write_batch(context: WorkerContext, messages: Sequence[DecodedMessage]) -> BatchResult:
     """The one write path over a batch, counted by the context's recorder; never raises.
 
     An unexpected error sends every message down the per-task path, which
     reports it the way Celery reports any task error.
     """
     try:
-        result = ingest(context.store(), deliveries, context.gpu_cache)
+        result = ingest(context.store(), messages, context.gpu_cache)
     except Exception:  # any surprise: the per-task path handles each message
-        logger.exception("Batch of %d failed unexpectedly; each goes on alone", len(deliveries))
-        return [None] * len(deliveries)
+        logger.exception("Batch of %d failed unexpectedly; each goes on alone", len(messages))
+        return [None] * len(messages)
     context.recorder.ingested(result)
     return [outcome.describe() if outcome.settled else None for outcome in result.outcomes]
 

@@ -7,16 +7,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from telemetry.worker.celery.delivered import Delivered
-from telemetry.worker.ingest import Delivery
+from telemetry.worker.celery.message import OfferedMessage
+from telemetry.worker.ingest import DecodedMessage
 
 
 @dataclass(slots=True)
-class Pending:
-    """A message held in the buffer, with what is needed to settle it later."""
+class HeldMessage:
+    """A message held for a batch or as a suspect (stage 4, see :mod:`telemetry.worker.celery`):
+    the offered message to settle it by, its decoded form to write."""
 
-    delivered: Delivered
-    delivery: Delivery
+    offered: OfferedMessage
+    decoded: DecodedMessage
     received: float  # monotonic, for the flush interval
     received_at: float  # wall clock, for the task-received event
 
@@ -32,20 +33,20 @@ class BatchBuffer:
         self,
         size: int,
         flush_interval_s: float,
-        submit: Callable[[list[Pending]], None],
+        submit: Callable[[list[HeldMessage]], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.size = size
         self.flush_interval_s = flush_interval_s
         self._submit = submit
         self._clock = clock
-        self._buffer: list[Pending] = []
+        self._buffer: list[HeldMessage] = []
         self._lock = threading.Lock()
 
-    def add(self, pending: Pending) -> None:
+    def add(self, held: HeldMessage) -> None:
         """Buffer one message; hand a full batch to the pool."""
         with self._lock:
-            self._buffer.append(pending)
+            self._buffer.append(held)
             batch = self._take() if len(self._buffer) >= self.size else None
         if batch:
             self._submit(batch)
@@ -73,10 +74,6 @@ class BatchBuffer:
             dropped, self._buffer = len(self._buffer), []
         return dropped
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._buffer)
-
-    def _take(self) -> list[Pending]:
+    def _take(self) -> list[HeldMessage]:
         batch, self._buffer = self._buffer[: self.size], self._buffer[self.size :]
         return batch

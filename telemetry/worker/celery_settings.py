@@ -19,8 +19,9 @@ broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 
 # Producers get a publisher confirm for every task they send. Socket reads and
-# writes time out: after a broker restart a worker was seen blocked for good in
-# a synchronous basic.qos read (1 run in 2 here); with a time-out it reconnects.
+# writes time out: after a broker restart a synchronous basic.qos read can wait
+# for a reply that never comes, blocking the worker for good; with a time-out
+# it reconnects (docs/reliability.md).
 broker_transport_options = {"confirm_publish": True, "read_timeout": 10, "write_timeout": 10}
 # After a reconnect Celery would lower the prefetch and raise it again with one
 # basic.qos per ack; that is where the worker hung above, so keep it constant.

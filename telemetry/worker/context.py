@@ -1,8 +1,9 @@
 """What a worker process runs with, built once when it starts and passed down.
 
-A :class:`WorkerContext` holds the settings, the store, the GPU cache and the
-recorder (statistics and metrics). ``celery worker`` builds one from its flags
-and environment (:func:`telemetry.worker.app.apply_settings`), and each
+A :class:`WorkerContext` holds the settings, the store, the GPU cache, the
+recorder (statistics and metrics) and the ingest task's retry policy.
+``celery worker`` builds one from its flags, environment and the task's
+options (:func:`telemetry.worker.app.apply_settings`), and each
 process of a forking pool builds its own from the same settings when it
 starts (Celery's ``worker_process_init``): pymongo clients are not fork-safe.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from telemetry.broker.retry_policy import RetryPolicy
 from telemetry.config import Settings
 from telemetry.store.gpucache import GpuCache
 from telemetry.store.lazy import LazyStore
@@ -30,21 +32,25 @@ CONTEXT_ATTRIBUTE = "telemetry_context"
 
 @dataclass
 class WorkerContext:
-    """One worker process's settings, store, GPU cache and recorder."""
+    """One worker process's settings, store, GPU cache, recorder and retry policy."""
 
     settings: Settings
     stores: LazyStore
     recorder: Recorder
     gpu_cache: GpuCache | None
+    # Resolved once, at start (telemetry.worker.retry_options): the retry queues the
+    # worker declares and the retries its tasks schedule follow the same policy.
+    retry_policy: RetryPolicy
 
     @classmethod
-    def start(cls, settings: Settings) -> WorkerContext:
+    def start(cls, settings: Settings, retry_policy: RetryPolicy) -> WorkerContext:
         """A context for ``settings``: the store connects on first use, counters at zero."""
         return cls(
             settings,
             LazyStore(lambda: open_store(settings)),
             Recorder.fresh(),
             GpuCache(settings.gpu_last_seen_lag_s),
+            retry_policy,
         )
 
     def store(self) -> TelemetryWrites:
@@ -52,8 +58,8 @@ class WorkerContext:
         return self.stores.get()
 
     def for_pool_process(self) -> WorkerContext:
-        """A context of its own for a forked pool process, from the same settings."""
-        return WorkerContext.start(self.settings)
+        """A context of its own for a forked pool process, from the same settings and policy."""
+        return WorkerContext.start(self.settings, self.retry_policy)
 
     def close(self) -> None:
         """Close the store's client, if it was ever connected."""

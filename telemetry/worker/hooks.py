@@ -23,7 +23,6 @@ from telemetry.observe.logs import configure_logging
 from telemetry.observe.stats import StatsReporter
 from telemetry.worker.celery.process import pool_forks
 from telemetry.worker.context import attach_context, context_of
-from telemetry.worker.retry_options import ingest_task_of, resolve_retry_policy
 
 logger = logging.getLogger("telemetry.worker")
 
@@ -97,9 +96,8 @@ class WorkerHooks:
         context = context_of(sender.app)
         settings = context.settings
         try:
-            retry = resolve_retry_policy(ingest_task_of(sender.app), settings)
             with sender.connection_for_write() as connection:
-                Topology.of(settings, retry).declare(connection.default_channel)
+                Topology.of(settings, context.retry_policy).declare(connection.default_channel)
         except (TelemetryError, *sender.connection_errors, *sender.channel_errors) as exc:
             # Logged, not fatal: the worker still consumes, and the next start declares them.
             logger.error("Could not declare the dead-letter and retry queues: %s", exc)

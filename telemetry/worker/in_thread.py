@@ -12,6 +12,7 @@ from telemetry.errors import TelemetryError
 from telemetry.worker.app import app, apply_settings
 from telemetry.worker.celery.process import stoppable_worker_thread
 from telemetry.worker.context import WorkerContext, context_of
+from telemetry.worker.retry_options import ingest_task_of, resolve_retry_policy
 
 
 @contextmanager
@@ -24,7 +25,8 @@ def worker_in_thread(
     sends no task events for Flower, whatever the settings say.
     """
     app.conf.broker_url = settings.broker_url
-    concurrency = apply_settings(app, settings, threads)
+    retry_policy = resolve_retry_policy(ingest_task_of(app), settings)
+    concurrency = apply_settings(app, settings, threads, retry_policy)
     context = context_of(app)
     if not task_events:
         app.conf.worker_send_task_events = False

@@ -45,11 +45,12 @@ logger = logging.getLogger("telemetry.ingest")
 StorageError = StorageUnavailable | StorageRejected
 
 
-class Delivery(NamedTuple):
-    """One task message, decoded: its id and its arguments.
+class DecodedMessage(NamedTuple):
+    """One task message, decoded: its id and its arguments (stage 3, see
+    :mod:`telemetry.worker.celery`).
 
-    A named tuple: the consumer makes one per message, and a frozen dataclass
-    costs twice as much to build (6,200 against 3,200 instructions).
+    A named tuple, the cheapest record to build: the consumer makes one per
+    message (docs/performance.md).
     """
 
     message_id: str | None
@@ -103,10 +104,10 @@ class Ingested:
 
 def ingest(
     store: TelemetryWrites,
-    deliveries: Sequence[Delivery],
+    messages: Sequence[DecodedMessage],
     gpu_cache: GpuCache | None = None,
 ) -> Ingested:
-    """Validate and store ``deliveries``; one outcome each, in order. Never raises for storage.
+    """Validate and store ``messages``; one outcome each, in order. Never raises for storage.
 
     Invalid messages are recorded in one write; the GPUs that need it are
     upserted in one unordered bulk write (GPUs first, so a retried point
@@ -114,14 +115,14 @@ def ingest(
     insert. With a ``gpu_cache``, GPU upserts that would change nothing are
     skipped.
     """
-    outcomes: list[Outcome | None] = [None] * len(deliveries)
+    outcomes: list[Outcome | None] = [None] * len(messages)
     valid: list[tuple[int, Point, GpuMetadata]] = []
-    invalid: list[tuple[int, InvalidMessage, Delivery]] = []
-    for index, delivery in enumerate(deliveries):
+    invalid: list[tuple[int, InvalidMessage, DecodedMessage]] = []
+    for index, message in enumerate(messages):
         try:
-            point, metadata = parse_task_arguments(delivery.args, delivery.kwargs)
+            point, metadata = parse_task_arguments(message.args, message.kwargs)
         except InvalidMessage as exc:
-            invalid.append((index, exc, delivery))
+            invalid.append((index, exc, message))
             continue
         valid.append((index, point, metadata))
 
@@ -130,10 +131,10 @@ def ingest(
             RejectedMessage(
                 exc.reason,
                 exc.kind.value,
-                delivery.message_id,
-                {"args": delivery.args, "kwargs": delivery.kwargs},
+                message.message_id,
+                {"args": message.args, "kwargs": message.kwargs},
             )
-            for _, exc, delivery in invalid
+            for _, exc, message in invalid
         ]
         for (index, _, _), outcome in zip(
             invalid, record_rejections(store, rejections), strict=True

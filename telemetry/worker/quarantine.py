@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from telemetry.worker.buffer import Pending
+from telemetry.worker.buffer import HeldMessage
 
 
 class Quarantine:
@@ -24,21 +24,21 @@ class Quarantine:
     def __init__(self, hold_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._hold_s = hold_s
         self._clock = clock
-        self._waiting: list[tuple[int, int, Pending]] = []  # (delivery count, arrival, message)
+        self._waiting: list[tuple[int, int, HeldMessage]] = []  # (delivery count, arrival, message)
         self._arrivals = 0
-        self._current: Pending | None = None
+        self._current: HeldMessage | None = None
         self._lock = threading.Lock()
 
-    def add(self, pending: Pending, delivery_count: int) -> None:
+    def add(self, held: HeldMessage, delivery_count: int) -> None:
         """Hold a redelivered message until its turn."""
         with self._lock:
             self._arrivals += 1
-            self._waiting.append((delivery_count, self._arrivals, pending))
+            self._waiting.append((delivery_count, self._arrivals, held))
 
-    def next_due(self) -> Pending | None:
+    def next_due(self) -> HeldMessage | None:
         """The message whose turn it is, once the one before it is settled; else None."""
         with self._lock:
-            if self._current is not None and not self._current.delivered.acknowledged:
+            if self._current is not None and not self._current.offered.acknowledged:
                 return None
             self._current = None
             now = self._clock()

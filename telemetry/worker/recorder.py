@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from telemetry.errors import RejectionKind
 from telemetry.observe.metrics import CollectorMetrics
 from telemetry.observe.stats import Count, Stats
-from telemetry.worker.buffer import Pending
-from telemetry.worker.celery.events import SettledTask, TaskEventSender, result_text
+from telemetry.worker.buffer import HeldMessage
+from telemetry.worker.celery.events import SettledMessage, TaskEventSender, result_text
 from telemetry.worker.ingest import DUPLICATE, STORED, Ingested, OutcomeKind
 
 
@@ -85,9 +85,9 @@ class Recorder:
         self.metrics.count_error(RejectionKind.UNKNOWN_TASK)
         self.dead_lettered()
 
-    def in_flight_inc(self, n: int = 1) -> None:
-        """``n`` more messages are being processed (a task running, or held for a batch)."""
-        self.metrics.in_flight.inc(n)
+    def in_flight_inc(self) -> None:
+        """One more message is being processed (a task running, or held for a batch)."""
+        self.metrics.in_flight.inc()
 
     def in_flight_dec(self, n: int = 1) -> None:
         """``n`` messages are done with (a batch's messages count again if they become tasks)."""
@@ -95,7 +95,7 @@ class Recorder:
 
     def batch_settled(
         self,
-        done: Sequence[tuple[Pending, str]],
+        done: Sequence[tuple[HeldMessage, str]],
         events: TaskEventSender | None,
         task_name: str,
         runtime_s: float,
@@ -113,13 +113,13 @@ class Recorder:
         events.send_settled(
             task_name,
             [
-                SettledTask(
-                    pending.delivery.message_id or "",
-                    pending.delivered.headers,
-                    pending.received_at,
+                SettledMessage(
+                    held.decoded.message_id or "",
+                    held.offered.headers,
+                    held.received_at,
                     shown[result],
                 )
-                for pending, result in done
+                for held, result in done
             ],
             runtime_s,
         )

@@ -12,7 +12,10 @@ Each option left unset is taken from a setting (flag > environment > default):
 
 Celery applies annotations to the task's class when the app binds the task,
 lazily, so the options are read from the task itself, never from the
-configuration: what Celery would use is what the worker uses. Only options
+configuration: what Celery would use is what the worker uses. The worker
+resolves the policy once, when it starts and the app has bound its tasks,
+and keeps it in its context (:mod:`telemetry.worker.context`): the delay
+queues it declares and the retries it schedules are then the same. Only options
 set below Celery's ``Task`` class count; Celery's own defaults (3 retries, no
 backoff) are not the collector's.
 """

@@ -29,8 +29,7 @@ from telemetry.worker.app import app
 from telemetry.worker.batcher import BatchResult
 from telemetry.worker.batching import write_batch
 from telemetry.worker.context import context_of
-from telemetry.worker.ingest import Delivery, ingest
-from telemetry.worker.retry_options import resolve_retry_policy
+from telemetry.worker.ingest import DecodedMessage, ingest
 
 logger = logging.getLogger("telemetry.tasks")
 # Spreads retries out in time; nothing secret depends on it.
@@ -59,13 +58,13 @@ class IngestTask(Task):  # type: ignore[misc]
             "Dead-lettering message %s after %d retries: %s", task_id, self.request.retries, exc
         )
 
-    def write_batch(self, deliveries: Sequence[Delivery]) -> BatchResult:
+    def write_batch(self, messages: Sequence[DecodedMessage]) -> BatchResult:
         """The batch path's pool job, with this process's worker context.
 
         Handed to the pool as a method of the task: a task pickles by its name,
         so a forked pool process finds its own task, app and context.
         """
-        return write_batch(context_of(self.app), deliveries)
+        return write_batch(context_of(self.app), messages)
 
 
 @app.task(name=TASK_NAME, bind=True, base=IngestTask)  # type: ignore[untyped-decorator]
@@ -75,7 +74,9 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     # validation (and is rejected as invalid_arguments) instead of failing the call.
     context = context_of(self.app)
     settings = context.settings
-    result = ingest(context.store(), [Delivery(self.request.id, args, kwargs)], context.gpu_cache)
+    result = ingest(
+        context.store(), [DecodedMessage(self.request.id, args, kwargs)], context.gpu_cache
+    )
     context.recorder.ingested(result)
     [outcome] = result.outcomes
     if outcome.error is None:
@@ -83,8 +84,8 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     exc = outcome.error
     if not isinstance(exc, StorageUnavailable):
         raise exc
-    # Resolved here, from the task Celery runs, so that annotations applied to it count.
-    policy = resolve_retry_policy(self, settings)
+    # Resolved at start from this task's options, the policy whose delay queues were declared.
+    policy = context.retry_policy
     attempt = self.request.retries
     if policy.gives_up(attempt):
         raise exc

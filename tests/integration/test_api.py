@@ -20,9 +20,8 @@ from pymongo.database import Database
 
 from telemetry.api import ApiServer, create_app
 from telemetry.api.params import format_time
-from telemetry.observe.stats import Stats
 from telemetry.store.mongo import MongoTelemetryStore
-from telemetry.worker.ingest import Delivery, ingest
+from telemetry.worker.ingest import DecodedMessage, OutcomeKind, ingest
 from tests.integration.api_support import (
     BASE,
     REPO,
@@ -267,12 +266,12 @@ def ingest_points(
     """Messages through the worker's write path into this test's database."""
     settings = api_settings(mongo_server.uri, database.name)
     writer = MongoTelemetryStore(database, settings)
-    deliveries = [
-        Delivery(f"m-{index}", (), {"point": point, "metadata": metadata})
+    decoded = [
+        DecodedMessage(f"m-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    outcomes = ingest(writer, Stats(), deliveries)
-    assert {outcome.kind for outcome in outcomes} == {"stored"}, outcomes
+    outcomes = ingest(writer, decoded).outcomes
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.STORED}, outcomes
 
 
 def test_mig_instances_are_filtered_shown_and_listed(

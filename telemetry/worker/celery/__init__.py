@@ -14,7 +14,7 @@ a reason the module that uses it gives:
   what the batch path needs; the promises Celery makes per message
   (``call_soon_ack``, ``_restore_prefetch_count_after_connection_restart``,
   and ``on_task_message`` as the callbacks), made as Celery makes them for
-  a message taken before its handler (:mod:`.delivered`); and
+  a message taken before its handler (:class:`.message.OfferedMessage`); and
   ``create_task_handler``, ``update_strategies`` with the ``strategies`` it
   fills, ``connection_for_write`` / ``ensure_connected`` and the hooks
   ``on_decode_error``, ``on_invalid_task``, ``on_unknown_message`` and
@@ -43,11 +43,23 @@ a reason the module that uses it gives:
   and ``celery.app.amqp.AMQP`` with its ``Connection`` attribute, for the
   worker process (:mod:`.process`).
 
-A message passes the door in two shapes. Celery hands the consumer kombu's
-message (:class:`.message.ReceivedMessage`, typed as far as our code reads
-it); a message offered to a task's strategy is a
-:class:`.delivered.Delivered`, the message with the means to settle it. What
-the batch path reports back for Flower is a :class:`.events.SettledTask`.
+One message, five names: each stage it passes has its own type, and the
+rest of the worker refers here instead of explaining them again.
+
+1. :class:`.message.ReceivedMessage`: kombu's message as the consumer takes
+   it from the queue, typed as far as our code reads it
+   (:class:`.acks.KombuMessage` adds the one field the multiple-ack reads).
+2. :class:`.message.OfferedMessage`: a task message offered to the batch
+   path, by the consumer before Celery's handler or by the task's strategy,
+   with the means to settle it (ack, requeue, hand to Celery's handler).
+3. :class:`telemetry.worker.ingest.DecodedMessage`: its id and task
+   arguments, plain data: what the write path takes and a pool process can
+   be sent. Celery's per-task path makes one from a running task.
+4. :class:`telemetry.worker.buffer.HeldMessage`: an offered message and its
+   decoded form, held for a batch (the buffer) or as a suspect (the
+   quarantine) until a write settles it.
+5. :class:`.events.SettledMessage`: a message a batch settled, as its
+   ``task-received`` and ``task-succeeded`` events describe it to Flower.
 
 Only modules of ``telemetry/worker/`` import from this folder, and nothing
 else in the package imports Celery's or kombu's internals

@@ -12,8 +12,9 @@ from telemetry.worker.celery.message import ReceivedMessage
 logger = logging.getLogger("telemetry.celery")
 
 
-class KombuDelivery(ReceivedMessage, Protocol):
-    """kombu's message with the field that says whether it is settled (``"ACK"`` once acked)."""
+class KombuMessage(ReceivedMessage, Protocol):
+    """A received message with kombu's field that says whether it is settled (``"ACK"``
+    once acked), which a multiple-ack must set on the messages it settled."""
 
     _state: str
 
@@ -33,9 +34,9 @@ class Unsettled:
     def __init__(self, connection_errors: tuple[type[BaseException], ...]) -> None:
         self._connection_errors = connection_errors
         self._channel: object = None
-        self._open: deque[KombuDelivery] = deque()  # messages in delivery order
+        self._open: deque[KombuMessage] = deque()  # messages in delivery order
 
-    def arrived(self, message: KombuDelivery) -> None:
+    def arrived(self, message: KombuMessage) -> None:
         """Note a delivery; a new channel (after a reconnect) starts a new list."""
         if message.channel is not self._channel:
             self._channel, self._open = message.channel, deque()
@@ -49,12 +50,12 @@ class Unsettled:
             # Behind one message held for long (a hung task, say): sweep the settled out.
             self._open = deque(m for m in self._open if not m.acknowledged)
 
-    def ack(self, messages: Sequence[KombuDelivery]) -> None:
+    def ack(self, messages: Sequence[KombuMessage]) -> None:
         """Ack ``messages``: one multiple-ack for the leading run, single acks for the rest."""
         channel = self._channel
         wanted = {id(m) for m in messages if m.channel is channel and not m.acknowledged}
         front = self._open
-        run: list[KombuDelivery] = []
+        run: list[KombuMessage] = []
         while front:
             message = front[0]
             if id(message) in wanted:

@@ -24,11 +24,11 @@ def decode_plain_json(message: KombuMessage) -> None:
     """Decode a plain JSON body with the C decoder alone, caching it where kombu looks.
 
     kombu decodes JSON with a Python ``object_hook`` called for every object and
-    a new decoder per message, a large share of the worker's CPU
-    (docs/performance.md). A body
-    that holds no kombu type envelope decodes to the same value without the
-    hook. Anything else (another content type or encoding, an envelope, a
-    body that is not JSON) is left to kombu, which decodes or reports it as before.
+    a new decoder per message, so every message pays for Python code run per
+    object (docs/performance.md has the cost). A body that holds no kombu
+    type envelope decodes to the same value without the hook. Anything else
+    (another content type or encoding, an envelope, a body that is not JSON)
+    is left to kombu, which decodes or reports it as it always does.
     """
     body = message.body  # py-amqp hands a utf-8 body over as text already
     if isinstance(body, bytes):

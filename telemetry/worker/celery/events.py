@@ -18,8 +18,8 @@ logger = logging.getLogger("telemetry.celery")
 MULTI_EVENT_ROUTING_KEY = "task.multi"
 
 
-class SettledTask(NamedTuple):
-    """A task message the batch path settled: what its two task events say of it."""
+class SettledMessage(NamedTuple):
+    """A message a batch settled, as its two task events describe it (stage 5)."""
 
     task_id: str
     headers: Mapping[str, Any]  # its protocol-2 headers
@@ -39,9 +39,9 @@ class TaskEventSender:
 
     def __init__(self, dispatcher: Any) -> None:  # Celery's EventDispatcher, or None
         self._dispatcher = dispatcher
-        # The channel the event exchange was last declared on: kombu's own "declare
-        # once" check copies the exchange on every publish, which costs more than
-        # comparing channels (docs/performance.md).
+        # The channel the event exchange was last declared on: declaring it once per
+        # channel is all RabbitMQ needs, and kombu's own "declare once" check copies
+        # the exchange on every publish, work done for every batch for nothing.
         self._declared_on: object = None
 
     @property
@@ -50,15 +50,15 @@ class TaskEventSender:
         return bool(self._dispatcher is not None and self._dispatcher.enabled)
 
     def send_settled(
-        self, task_name: str, settled: Sequence[SettledTask], runtime_s: float
+        self, task_name: str, settled: Sequence[SettledMessage], runtime_s: float
     ) -> None:
         """A ``task-received`` event for each of ``settled``, then a ``task-succeeded`` for each.
 
         The batch takes its run of Lamport clock values under one lock, and
-        the JSON text is rendered directly (:func:`render_task_events`)
-        instead of building each event as a dict and encoding it, which cost
-        more than the worker's whole share of the database insert
-        (docs/performance.md).
+        the JSON text is rendered directly (:func:`render_task_events`): the
+        events' fields are fixed and nearly all text, so building a dict per
+        event only to encode it again is work each point of every batch would
+        pay (docs/performance.md has the cost).
         """
         if not self.enabled or not settled:
             return
@@ -123,7 +123,7 @@ def _json_text(value: object) -> str:
 
 def render_task_events(
     task_name: str,
-    settled: Sequence[SettledTask],
+    settled: Sequence[SettledMessage],
     runtime_s: float,
     source: EventSource,
     first_clock: int,

@@ -13,10 +13,9 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from telemetry.errors import RejectionKind
 from telemetry.worker.celery.acks import Unsettled
 from telemetry.worker.celery.bodies import body_shape_problem, decode_plain_json
-from telemetry.worker.celery.delivered import Delivered
-from telemetry.worker.celery.message import ReceivedMessage
+from telemetry.worker.celery.message import OfferedMessage, ReceivedMessage
 from telemetry.worker.celery.reader import DrainingReader, ReadAhead
-from telemetry.worker.wakeup import SIGNAL_WAKEUP
+from telemetry.worker.signal_wakeup import SIGNAL_WAKEUP
 
 
 class GuardedConsumer(Consumer):  # type: ignore[misc]
@@ -51,7 +50,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         ]
 
     @functools.cached_property
-    def takers(self) -> dict[str, Callable[[Delivered], bool]]:
+    def takers(self) -> dict[str, Callable[[OfferedMessage], bool]]:
         """Per task name, what each of its messages is offered to before Celery's handler.
 
         Filled by :meth:`ConsumerPort.take_first`; see :meth:`_taken_first`.
@@ -103,7 +102,8 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
 
     def connect(self) -> Any:
         """Celery's consumer connection (kombu's), its socket read by a :class:`DrainingReader`,
-        and the event loop woken by signals (:data:`~telemetry.worker.wakeup.SIGNAL_WAKEUP`)."""
+        and the event loop woken by signals
+        (:data:`~telemetry.worker.signal_wakeup.SIGNAL_WAKEUP`)."""
         connection = super().connect()
         if self.hub is not None and connection.transport.driver_type == "amqp":
             amqp_connection = connection.connection
@@ -170,7 +170,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         return on_task_received
 
     def _taken_first(
-        self, takers: Mapping[str, Callable[[Delivered], bool]], message: ReceivedMessage
+        self, takers: Mapping[str, Callable[[OfferedMessage], bool]], message: ReceivedMessage
     ) -> bool:
         """Whether the taker of ``message``'s task (:attr:`takers`) took it.
 
@@ -182,11 +182,11 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             return False
         # Protocol 2: no payload (the body stays in the message, decoded on demand), and
         # the ack and reject promises are made only if needed.
-        delivered = Delivered(
+        offered = OfferedMessage(
             message, None, None, None, self.on_task_message, self.connection_errors, consumer=self
         )
         try:
-            return take(delivered)
+            return take(offered)
         except DecodeError as exc:
             self.on_decode_error(message, exc)
         except ContentDisallowed as exc:

@@ -29,7 +29,7 @@ class DrainingReader:
 
     LIMIT = 64
 
-    def __init__(self, read_ahead: ReadAhead | None = None) -> None:
+    def __init__(self, read_ahead: ReadAhead | None) -> None:
         self._read_ahead = read_ahead
 
     def __call__(self, connection: Any, loop: Any) -> None:

@@ -14,10 +14,9 @@ from typing import Any, Protocol, TypeVar, cast
 from celery import Task
 from celery.worker.strategy import default as default_strategy
 
-from telemetry.worker.celery.acks import KombuDelivery, Unsettled
-from telemetry.worker.celery.delivered import Delivered
+from telemetry.worker.celery.acks import KombuMessage, Unsettled
 from telemetry.worker.celery.events import TaskEventSender
-from telemetry.worker.celery.message import MessageHandler, ReceivedMessage, Settler
+from telemetry.worker.celery.message import MessageHandler, OfferedMessage, ReceivedMessage, Settler
 
 Slot = TypeVar("Slot")
 Result = TypeVar("Result")
@@ -38,38 +37,40 @@ class ConsumerPort:
     def __init__(self, consumer: Any) -> None:  # Celery's worker consumer
         self._consumer = consumer
 
-    def delivered(
+    def offered(
         self,
         message: ReceivedMessage,
         body: object,
         ack: Settler,
         reject: Settler,
         callbacks: object,
-    ) -> Delivered:
+    ) -> OfferedMessage:
         """Wrap a message a strategy was handed."""
-        return Delivered(message, body, ack, reject, callbacks, self._consumer.connection_errors)
+        return OfferedMessage(
+            message, body, ack, reject, callbacks, self._consumer.connection_errors
+        )
 
-    def take_first(self, task_name: str, take: Callable[[Delivered], bool]) -> None:
+    def take_first(self, task_name: str, take: Callable[[OfferedMessage], bool]) -> None:
         """Offer each ``task_name`` message to ``take`` before Celery's own handler sees it.
 
         ``take`` returns whether it took the message; if not, Celery handles it
         (and calls the task's strategy) as usual. Celery's handler makes two
         promises and a request per message; a batched message needs neither.
         """
-        takers: dict[str, Callable[[Delivered], bool]] | None = getattr(
+        takers: dict[str, Callable[[OfferedMessage], bool]] | None = getattr(
             self._consumer, "takers", None
         )
         if takers is not None:  # a consumer other than GuardedConsumer: the strategy alone
             takers[task_name] = take
 
-    def ack_together(self, delivered: Sequence[Delivered]) -> None:
+    def ack_together(self, offered: Sequence[OfferedMessage]) -> None:
         """Ack these messages on the consumer's thread, a run of them with one frame."""
         unsettled: Unsettled | None = getattr(self._consumer, "unsettled", None)
         if unsettled is None:
-            for one in delivered:
+            for one in offered:
                 one.ack()
             return
-        messages = cast("list[KombuDelivery]", [one.message for one in delivered])
+        messages = cast("list[KombuMessage]", [one.message for one in offered])
         self._consumer.call_soon(unsettled.ack, messages)
 
     def run_in_pool(

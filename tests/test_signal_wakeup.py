@@ -1,4 +1,4 @@
-"""A signal wakes the worker's event loop at once (telemetry/worker/wakeup.py)."""
+"""A signal wakes the worker's event loop at once (telemetry/worker/signal_wakeup.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from telemetry.worker.wakeup import SignalWakeup
+from telemetry.worker.signal_wakeup import SignalWakeup
 
 
 class RecordingHub:

@@ -1,4 +1,4 @@
-"""The consumer's timer for held messages, set only while messages are held."""
+"""The batcher's timer: one wake-up on the consumer's timer, set only while messages are held."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from collections.abc import Callable
 from telemetry.worker.celery.strategy import Cancellable
 
 
-class Wakeups:
-    """The consumer's timer for held messages, set only while messages are held.
+class BatchTimer:
+    """Wakes the batcher when its first held message is due, and only while any are held.
 
-    A timer that ticked every 20 ms whether or not anything was held kept an
-    idle worker waking 50 times a second. This one is set when a message is
-    held and nothing is set yet, for when the first held message is due; when
-    it fires it does its work and sets itself again only if messages are still
-    held. Only the consumer's thread calls it, as it does all timer work.
-    (The old tick also had the loop see a shutdown request within 20 ms; a
-    signal now wakes the loop itself, see ``telemetry.worker.wakeup.SignalWakeup``.)
+    An idle worker should not wake up at all: a periodic tick would cost CPU
+    on every worker with nothing to do. So one wake-up is set when a message
+    is held and none is set yet, for when the first held message is due; when
+    it fires it does its work and sets itself again only if messages are
+    still held. Only the consumer's thread calls it, as it does all timer
+    work. A shutdown request does not wait for it: signals wake the event
+    loop themselves (:class:`telemetry.worker.signal_wakeup.SignalWakeup`).
     """
 
     def __init__(
@@ -32,11 +32,6 @@ class Wakeups:
         self._retry_s = retry_s
         self._entry: Cancellable | None = None
 
-    @property
-    def pending(self) -> bool:
-        """Whether a wake-up is set."""
-        return self._entry is not None
-
     def arm(self, at_least_s: float = 0.0) -> None:
         """Set a wake-up for when the first held message is due, unless one is set."""
         if self._entry is not None:
@@ -46,7 +41,7 @@ class Wakeups:
             self._entry = self._later(max(delay, at_least_s), self._wake)
 
     def cancel(self) -> None:
-        """Drop the pending wake-up, if any."""
+        """Drop the wake-up that is set, if any."""
         if self._entry is not None:
             self._entry.cancel()
             self._entry = None
