@@ -20,6 +20,7 @@ from kombu.exceptions import OperationalError
 
 from telemetry.broker.connect import broker_errors, unavailable
 from telemetry.broker.messages import TaskMessage
+from telemetry.broker.shards import ShardLayout
 from telemetry.broker.topology import Topology
 from telemetry.errors import BrokerUnavailable
 
@@ -41,18 +42,22 @@ class Publisher(Protocol):
 
 
 class ConfirmingPublisher:
-    """Sends task messages to one queue and counts what the broker confirmed."""
+    """Sends task messages to the work queues and counts what the broker confirmed.
+
+    Each message goes to the shard its ``shard_key`` hashes to, through that
+    shard's exchange; given one :class:`Topology`, always to its queue.
+    """
 
     def __init__(
         self,
         connection: Connection,
-        topology: Topology,
+        layout: ShardLayout | Topology,
         window: int = 500,
         compression: str | None = None,
         connect_retries: int = 5,
     ) -> None:
         self._connection = connection
-        self._topology = topology
+        self._layout = layout if isinstance(layout, ShardLayout) else ShardLayout.single(layout)
         self._window = max(1, window)
         self._compression = compression
         self._connect_retries = connect_retries
@@ -62,7 +67,7 @@ class ConfirmingPublisher:
         self._channel: Any = None
         self._producer: Producer | None = None
         # Set when the channel is py-amqp's and bodies go uncompressed (see _send_once).
-        self._amqp_exchange: str | None = None
+        self._amqp_direct = False
         self._confirms = False
         self.confirmed = 0
 
@@ -79,7 +84,7 @@ class ConfirmingPublisher:
                 interval_step=1,
                 interval_max=5,
             )
-            self._channel = self._topology.ensure(self._connection)
+            self._channel = self._layout.ensure(self._connection)
             self._confirms = hasattr(self._channel, "confirm_select")
             if self._confirms:
                 self._channel.confirm_select()
@@ -87,14 +92,10 @@ class ConfirmingPublisher:
                 self._channel.events["basic_nack"].add(self._on_nack)
             # No declare of its own: ensure() did what this account may do, and a
             # producer's account may not declare the exchange (it may only publish).
-            self._producer = Producer(
-                self._channel,
-                exchange=self._topology.work_queue().exchange,
-                routing_key=self._topology.queue_name,
-                auto_declare=False,
+            self._producer = Producer(self._channel, auto_declare=False)
+            self._amqp_direct = self._compression is None and isinstance(
+                self._channel, amqp.Channel
             )
-            direct = self._compression is None and isinstance(self._channel, amqp.Channel)
-            self._amqp_exchange = self._producer.exchange.name if direct else None
             self._next_tag = 1
         except broker_errors(self._connection) as exc:
             raise unavailable(self._connection.as_uri(), exc) from exc
@@ -130,7 +131,9 @@ class ConfirmingPublisher:
     def _send_once(self, message: TaskMessage) -> None:
         # An invariant for mypy: a publisher is open()ed before anything is sent.
         assert self._producer is not None, "open() first"  # nosec B101
-        if self._amqp_exchange is not None and "content_type" not in message.properties:
+        # Each shard's exchange and routing key are its work queue's name.
+        queue_name = self._layout.route(message.shard_key).queue_name
+        if self._amqp_direct and "content_type" not in message.properties:
             # A new message to RabbitMQ, uncompressed: py-amqp's own publish, with the
             # properties kombu's Producer would give it. The Producer (serializer
             # registry, declare check, message preparation) cost an eighth of the
@@ -144,13 +147,15 @@ class ConfirmingPublisher:
                     delivery_mode=PERSISTENT,
                     **message.properties,
                 ),
-                exchange=self._amqp_exchange,
-                routing_key=self._topology.queue_name,
+                exchange=queue_name,
+                routing_key=queue_name,
             )
         else:
             # Compressed, replayed as it was encoded, or not RabbitMQ (the demo's broker).
             self._producer.publish(
                 message.body,
+                exchange=queue_name,
+                routing_key=queue_name,
                 serializer="json",
                 compression=self._compression,
                 headers=message.headers,

@@ -27,7 +27,7 @@ from celery import Celery, current_task, signals
 from celery.worker.control import inspect_command
 
 from telemetry.broker.connect import Broker, login_refused
-from telemetry.broker.topology import Topology, topology_problem
+from telemetry.broker.shards import consumed_layout, worker_layout_problem
 from telemetry.config import (
     Settings,
     environment_value,
@@ -64,11 +64,14 @@ def apply_settings(app: Celery, settings: Settings, concurrency: int | None) -> 
     # A batch can only fill from unacked messages, so the buffer holds two at least.
     buffered = max(settings.queue_buffer_size, 2 * settings.batch_size)
     app.conf.worker_prefetch_multiplier = max(1, math.ceil(buffered / threads))
-    app.conf.task_queues = [Topology.of(settings).work_queue()]
+    consumed = consumed_layout(settings)
+    app.conf.task_queues = [topology.work_queue() for topology in consumed.topologies]
     app.conf.worker_send_task_events = settings.task_events != "off"
-    app.conf.task_default_queue = settings.queue_name
-    app.conf.task_default_exchange = settings.queue_name
-    app.conf.task_default_routing_key = settings.queue_name
+    # One of task_queues (with one shard: TELEMETRY_QUEUE itself).
+    default_queue = consumed.work_queue_names()[0]
+    app.conf.task_default_queue = default_queue
+    app.conf.task_default_exchange = default_queue
+    app.conf.task_default_routing_key = default_queue
     configure_broker(app, settings)
     runtime.configure(settings)
     return threads
@@ -100,7 +103,7 @@ class TelemetryWorker(BaseWorker):
         # A refused login would be retried forever, a line every few seconds: say it once.
         broker = Broker.of(settings)
         refused = None if broker.in_memory else login_refused(broker)
-        problem = refused or topology_problem(broker, Topology.of(settings))
+        problem = refused or worker_layout_problem(broker, settings)
         if problem is not None:
             print(f"telemetry worker: {problem}", file=sys.stderr)
             raise SystemExit(1)
@@ -219,7 +222,7 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
     settings = runtime.current_settings()
     try:
         with sender.connection_for_write() as connection:
-            Topology.of(settings).declare(connection.default_channel)
+            consumed_layout(settings).declare(connection.default_channel)
     except (TelemetryError, *sender.connection_errors, *sender.channel_errors) as exc:
         # Logged, not fatal: the worker still consumes, and the next start declares them.
         logger.error("Could not declare the dead-letter and retry queues: %s", exc)
@@ -230,11 +233,12 @@ def _on_worker_ready(sender: Any, **_: Any) -> None:
         logger.error("MongoDB not ready at start-up, indexes will be created later: %s", exc)
     _reporter = StatsReporter(STATS, settings.instance_id, settings.stats_interval_s)
     _reporter.start()
+    consumed = consumed_layout(settings)
     logger.info(
-        "Collector %s consuming %r, dead letters to %r, MongoDB database %r",
+        "Collector %s consuming %s, dead letters to %s, MongoDB database %r",
         settings.instance_id,
-        settings.queue_name,
-        Topology.of(settings).dead_name,
+        ", ".join(repr(name) for name in consumed.work_queue_names()),
+        ", ".join(repr(topology.dead_name) for topology in consumed.topologies),
         settings.mongodb_db,
     )
 
