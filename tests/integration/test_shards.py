@@ -1,18 +1,22 @@
 """Sharded work queues on the shared broker: routing by GPU, a worker's subset of shards,
-and changing the shard count from 1 to 3 with no point lost or stored twice."""
+the dead-letter tools and ``telemetry stats`` across shards, and changing the shard count
+from 1 to 3 with no point lost or stored twice."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection
 from pymongo.database import Database
 
+from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.shards import ShardLayout, shard_index
 from tests.integration.conftest import (
     cli_env,
+    confirming,
     declared_shards,
     make_points,
     publish_points,
@@ -61,6 +65,10 @@ def test_each_gpus_points_wait_in_its_shard_and_a_worker_drains_only_the_shards_
     assert depths(broker_url, layout) == [0, 0, 0]
     assert [queue_depth(broker_url, t.dead_name) for t in layout.topologies] == [0, 0, 0]
     assert f"consuming '{queue_name}.0-of-3', '{queue_name}.2-of-3'," in first.log()
+    # and: `telemetry stats` shows each shard's depth and dead letters
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name, QUEUE_SHARDS="3")
+    shown = json.loads(run_cli("stats", "--json", env=env))["queues"]
+    assert shown == {name: 0 for t in layout.topologies for name in (t.queue_name, t.dead_name)}
 
 
 def test_changing_from_one_shard_to_three_drains_the_old_queue_and_stores_each_point_once(
@@ -107,3 +115,45 @@ def test_changing_from_one_shard_to_three_drains_the_old_queue_and_stores_each_p
     # and: once drained, workers on 3 shards start without draining (the last step)
     draining.stop()
     start_worker(queue_shards="3")
+
+
+def dead_letter(broker_url: str, layout: ShardLayout, shard: int, point: dict[str, Any]) -> None:
+    """Put one point's task message straight into a shard's dead letters."""
+    topology = layout.topologies[shard]
+    message = build_task_message(point, None)
+    with confirming(broker_url) as connection:
+        connection.Producer().publish(
+            message.body,
+            exchange=topology.dead_queue().exchange.name,
+            routing_key=topology.dead_name,
+            headers=message.headers,
+            serializer="json",
+            **message.properties,
+        )
+
+
+def test_the_dead_letter_tools_list_every_shard_and_replay_one_shard_into_its_own_queue(
+    broker_url: str, queue_name: str
+) -> None:
+    # given: dead letters in shards 0 (two) and 2 (one) of 3
+    layout = declared_shards(queue_name, QUEUE_SHARDS="3")
+    sender = sharded_publisher(broker_url, layout)  # declares the layout
+    sender.close()
+    for shard, point in [(0, 0), (0, 1), (2, 2)]:
+        dead_letter(broker_url, layout, shard, make_points(3)[point])
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name, QUEUE_SHARDS="3")
+    # when / then: the list counts each shard's
+    listed = run_cli("dlq", "list", env=env)
+    for name, count in zip([t.dead_name for t in layout.topologies], [2, 0, 1], strict=True):
+        assert f"{count} dead-lettered message(s) in {name}" in listed
+    assert "1 dead-lettered message(s)" in run_cli("dlq", "list", "--shard", "2", env=env)
+    # when: shard 0's are replayed
+    replayed = run_cli("dlq", "replay", "--shard", "0", env=env)
+    # then: they are back in shard 0's work queue, and shard 2's still wait
+    assert f"Replayed 2 message(s) to {layout.work_queue_names()[0]}" in replayed
+    assert depths(broker_url, layout) == [2, 0, 0]
+    assert [queue_depth(broker_url, t.dead_name) for t in layout.topologies] == [0, 0, 1]
+    # and: a shard that does not exist is refused in one line
+    missing = telemetry_command("dlq", "list", "--shard", "3", env=env)
+    assert missing.returncode == 2
+    assert "there is no shard 3: QUEUE_SHARDS=3 numbers them 0 to 2" in missing.stderr
