@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError
 from telemetry.broker.connect import Broker, broker_errors, unavailable
 from telemetry.broker.publisher import ConfirmingPublisher
 from telemetry.broker.shards import ShardLayout, layout_problem
-from telemetry.broker.topology import TopologyMismatch
+from telemetry.broker.topology import TopologyMismatch, TopologyMissing
 from telemetry.config import Settings
 
 logger = logging.getLogger("telemetry.broker.backlog")
@@ -43,7 +43,13 @@ def open_publisher(settings: Settings, compression: str | None = None) -> Confir
         compression=compression,
         connect_retries=10,
     )
-    publisher.open(retries=1)
+    try:
+        publisher.open(retries=1)
+    except TopologyMissing as exc:
+        # A producer's account may not declare: its shards may be missing because the
+        # workers run another count, which says more than "start a worker".
+        problem = shard_count_problem(broker, settings)
+        raise (TopologyMismatch(problem) if problem else exc) from exc
     if not broker.in_memory:
         problem = shard_count_problem(broker, settings)
         if problem is not None:
