@@ -6,7 +6,7 @@ import os
 import shutil
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,10 +110,14 @@ def queue_name(broker_url: str) -> Iterator[str]:
     name = f"t.{uuid.uuid4().hex[:12]}"
     _declared[name] = [Topology.of(settings_for(name))]
     yield name
-    topologies = _declared.pop(name)
+    delete_topologies(broker_url, _declared.pop(name))
+
+
+def delete_topologies(url: str, topologies: Sequence[Topology]) -> None:
+    """Delete every queue and exchange of ``topologies`` on the broker at ``url``."""
     names = {queue for topology in topologies for queue in topology.queue_names()}
     exchanges = {exchange for topology in topologies for exchange in topology.exchange_names()}
-    with Connection(broker_url) as connection:
+    with Connection(url) as connection:
         channel = connection.channel()
         for queue in sorted(names):
             channel.queue_delete(queue)

@@ -20,7 +20,7 @@ from pymongo.database import Database
 
 from telemetry.broker.shards import ShardLayout, shard_index
 from telemetry.broker.topology import dead_queue_name
-from tests.integration.conftest import cli_env, queue_depth, settings_for
+from tests.integration.conftest import cli_env, delete_topologies, queue_depth, settings_for
 from tests.integration.faults_support import stored
 from tests.integration.rabbit_support import rabbit_cluster  # noqa: F401
 from tests.integration.test_faults_broker import SAMPLE, Streamer, messages_on, renamed_sample
@@ -35,17 +35,6 @@ RATE = 250  # points/s per streamer
 # How long after the kill the other shards must keep storing, and by how much at least.
 OTHERS_WATCHED_S = 3.0
 OTHERS_LEAST_STORED = 50
-
-
-def delete_layout(url: str, layout: ShardLayout) -> None:
-    """Delete every queue and exchange of ``layout`` on the cluster."""
-    with Connection(url) as connection:
-        channel = connection.channel()
-        for topology in layout.topologies:
-            for name in topology.queue_names():
-                channel.queue_delete(name)
-            for name in topology.exchange_names():
-                channel.exchange_delete(name)
 
 
 def gpus_of(path: Path, prefix: str = "") -> set[str]:
@@ -78,7 +67,7 @@ def test_three_quorum_shards_get_their_leaders_on_three_different_nodes(
         print(f"\n[shard leaders] {leaders}")
         assert len(set(leaders.values())) == SHARDS
     finally:
-        delete_layout(url, layout)
+        delete_topologies(url, layout.topologies)
 
 
 @pytest.mark.cluster
