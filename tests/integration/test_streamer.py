@@ -44,7 +44,7 @@ def test_a_new_message_reads_as_kombus_producer_would_have_sent_it(
     message = build_task_message(row.point.wire(), row.metadata.known())
     publisher.send(message)
     # ...and again through kombu's Producer, as compressed or replayed messages go
-    publisher._amqp_exchange = None
+    publisher._amqp_direct = False
     publisher.send(message)
     publisher.flush()
     # when
