@@ -157,3 +157,43 @@ def test_the_dead_letter_tools_list_every_shard_and_replay_one_shard_into_its_ow
     missing = telemetry_command("dlq", "list", "--shard", "3", env=env)
     assert missing.returncode == 2
     assert "there is no shard 3: QUEUE_SHARDS=3 numbers them 0 to 2" in missing.stderr
+
+
+def test_a_retried_point_goes_back_to_its_own_shard_and_dies_there(
+    broker_url: str,
+    queue_name: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # given: a worker of 3 shards whose database refuses every connection, 1 retry
+    layout = declared_shards(queue_name, QUEUE_SHARDS="3")
+    start_worker(
+        queue_shards="3",
+        mongodb_uri="mongodb://127.0.0.1:1/?directConnection=true",
+        mongo_timeout_ms="250",
+        max_retries="1",
+        retry_backoff_s="0.2",
+        retry_backoff_max_s="0.2",
+    )
+    points = make_points(30, gpus=30)
+    # when: 30 points of 30 GPUs are published
+    sender = sharded_publisher(broker_url, layout)
+    publish_points(sender, points)
+    sender.close()
+    # then: each is retried through its shard's delay queue and dead-lettered in its shard
+    expected = [sum(1 for p in points if shard_index(p["gpu_uuid"], 3) == i) for i in range(3)]
+    wait_for(
+        lambda: [queue_depth(broker_url, t.dead_name) for t in layout.topologies] == expected,
+        120,
+        "every point dead-lettered in its shard",
+        lambda: [queue_depth(broker_url, t.dead_name) for t in layout.topologies],
+    )
+    env = cli_env(CELERY_BROKER_URL=broker_url, TELEMETRY_QUEUE=queue_name, QUEUE_SHARDS="3")
+    for index, topology in enumerate(layout.topologies):
+        shown = run_cli("dlq", "list", "--shard", str(index), env=env)
+        gpus = {line.split()[3] for line in shown.splitlines()[1:]}
+        assert gpus == {p["gpu_uuid"] for p in points if shard_index(p["gpu_uuid"], 3) == index}
+        assert f"from {topology.queue_name} x1" in shown
+        # Its death record shows the detour through this shard's own delay queue.
+        task_id = shown.splitlines()[1].split()[0]
+        record = run_cli("dlq", "show", task_id, "--shard", str(index), env=env)
+        assert f'"queue": "{topology.queue_name}.retry.200ms"' in record
