@@ -34,12 +34,14 @@ faults: $(STAMP)
 
 ## Throughput against baselines from the same run, one benchmark at a time: the pipeline
 ## against bare kombu (benchmarks/run.py; BENCH_ARGS to tune), queue types on private
-## RabbitMQ nodes and a local cluster (benchmarks/queues.py), the read API (benchmarks/api.py),
+## RabbitMQ nodes and a local cluster (benchmarks/queues.py), 1 shard against 3 on a local
+## cluster (benchmarks/shards.py), the read API (benchmarks/api.py),
 ## the scraper: parsing, scrape-and-publish against the bare publisher, a 200-exporter fleet
 ## (benchmarks/scrape.py).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 	$(PY) -m benchmarks.queues
+	$(PY) -m benchmarks.shards
 	$(PY) -m benchmarks.api
 	$(PY) -m benchmarks.scrape
 

@@ -21,12 +21,10 @@ from typing import Any, Literal, NoReturn, TypeVar, cast
 
 import click
 
-from telemetry.broker.connect import Broker
-from telemetry.broker.topology import Topology
 from telemetry.config import LogFormat, Settings, flag_help, flag_name, load_settings
 from telemetry.errors import ConfigError, PermanentError, TelemetryError
 from telemetry.observe.logs import configure_logging, current_format
-from telemetry.ops.dlq import DeadLetterQueue, render
+from telemetry.ops.dlq import DeadLetterQueue, render, shard_dead_letters
 
 SAMPLE_CSV = Path(__file__).parent / "data" / "dcgm_metrics_20250718_134233.csv"
 
@@ -100,7 +98,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def producer_options(command: F) -> F:
-    """The flags both sources take: ``--instance-id``, ``--queue-type`` and ``--compression``."""
+    """The flags both sources take: ``--instance-id``, ``--queue-type``, ``--queue-shards``
+    and ``--compression``."""
+    command = click.option(
+        flag_name("queue_shards"),
+        type=click.IntRange(min=1),
+        default=None,
+        help=flag_help("queue_shards"),
+    )(command)
     command = click.option(
         "--compression",
         type=click.Choice(["gzip", "zlib", "bzip2"]),
@@ -126,6 +131,7 @@ STREAM_FLAGS = {
     "stream_max_backlog": "max_backlog",
     "instance_id": "instance_id",
     "queue_type": "queue_type",
+    "queue_shards": "queue_shards",
 }
 
 
@@ -177,6 +183,7 @@ def stream(
     timestamps: str,
     instance_id: str | None,
     queue_type: str | None,
+    queue_shards: int | None,
     compression: str | None,
     max_backlog: int | None,
     progress: bool | None,
@@ -190,6 +197,7 @@ def stream(
         "max_backlog": max_backlog,
         "instance_id": instance_id,
         "queue_type": queue_type,
+        "queue_shards": queue_shards,
     }
     settings = settings_or_exit({field: flags[flag] for field, flag in STREAM_FLAGS.items()})
     try:
@@ -223,6 +231,7 @@ SCRAPE_FLAGS = {
     "scraper_port": "metrics_port",
     "instance_id": "instance_id",
     "queue_type": "queue_type",
+    "queue_shards": "queue_shards",
 }
 
 
@@ -311,6 +320,7 @@ def scrape(
     scrapes: int | None,
     instance_id: str | None,
     queue_type: str | None,
+    queue_shards: int | None,
     compression: str | None,
 ) -> None:
     """Scrape dcgm-exporter endpoints; send each sample as one telemetry.ingest task.
@@ -333,6 +343,7 @@ def scrape(
         "metrics_port": metrics_port,
         "instance_id": instance_id,
         "queue_type": queue_type,
+        "queue_shards": queue_shards,
     }
     settings = settings_or_exit({field: flags[flag] for field, flag in SCRAPE_FLAGS.items()})
     try:
@@ -494,10 +505,23 @@ def dlq() -> None:
     """Inspect, replay or purge dead-lettered messages (<queue>.dead)."""
 
 
-def dead_letters() -> DeadLetterQueue:
-    """The dead-letter queue the settings point at; exits with one line on bad settings."""
+def dead_letters(shard: int | None) -> list[DeadLetterQueue]:
+    """The dead-letter queue of each shard (or of one); exits with one line on bad settings."""
     settings = settings_or_exit()
-    return DeadLetterQueue(Broker.of(settings), Topology.of(settings))
+    try:
+        return shard_dead_letters(settings, shard)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def shard_option(command: F) -> F:
+    """``--shard K``: one shard's dead letters instead of every shard's."""
+    return click.option(
+        "--shard",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Only shard K's dead letters (QUEUE_SHARDS > 1). Default: every shard's.",
+    )(command)
 
 
 @dlq.command("list")
@@ -506,67 +530,80 @@ def dead_letters() -> DeadLetterQueue:
     type=click.IntRange(min=1),
     default=50,
     show_default=True,
-    help="Show at most N messages.",
+    help="Show at most N messages per shard.",
 )
-def dlq_list(limit: int) -> None:
+@shard_option
+def dlq_list(limit: int, shard: int | None) -> None:
     """The count, then one line per message: task id, when it died, GPU/metric, why."""
-    queue = dead_letters()
-    try:
-        count = queue.count()
-        letters = queue.peek(limit)
-    except TelemetryError as exc:
-        fail(str(exc))
-    click.echo(f"{count} dead-lettered message(s) in {queue.dead_name}")
-    for letter in letters:
-        click.echo(letter.line())
-    if count > len(letters):
-        click.echo(f"… and {count - len(letters)} more (--limit)")
+    for queue in dead_letters(shard):
+        try:
+            count = queue.count()
+            letters = queue.peek(limit)
+        except TelemetryError as exc:
+            fail(str(exc))
+        click.echo(f"{count} dead-lettered message(s) in {queue.dead_name}")
+        for letter in letters:
+            click.echo(letter.line())
+        if count > len(letters):
+            click.echo(f"… and {count - len(letters)} more (--limit)")
 
 
 @dlq.command("show")
 @click.argument("task_id")
-def dlq_show(task_id: str) -> None:
+@shard_option
+def dlq_show(task_id: str, shard: int | None) -> None:
     """One dead letter in full: headers, body, error and x-death."""
-    try:
-        letter = dead_letters().find(task_id)
-    except TelemetryError as exc:
-        fail(str(exc))
-    if letter is None:
-        fail(f"no dead letter with task id {task_id}")
-    click.echo(render(letter))
+    for queue in dead_letters(shard):
+        try:
+            letter = queue.find(task_id)
+        except TelemetryError as exc:
+            fail(str(exc))
+        if letter is not None:
+            click.echo(render(letter))
+            return
+    fail(f"no dead letter with task id {task_id}")
 
 
 @dlq.command("replay")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most N.")
-def dlq_replay(limit: int | None) -> None:
-    """Move dead letters back to the work queue, once the cause is fixed."""
-    queue = dead_letters()
-    try:
-        moved = queue.replay(limit)
-        left = queue.count()
-    except TelemetryError as exc:
-        fail(str(exc))
-    click.echo(
-        f"Replayed {moved} message(s) to {queue.queue_name}; {left} left in {queue.dead_name}"
-    )
+@shard_option
+def dlq_replay(limit: int | None, shard: int | None) -> None:
+    """Move dead letters back to their shard's work queue, once the cause is fixed."""
+    left_to_move = limit
+    for queue in dead_letters(shard):
+        try:
+            moved = queue.replay(left_to_move)
+            left = queue.count()
+        except TelemetryError as exc:
+            fail(str(exc))
+        click.echo(
+            f"Replayed {moved} message(s) to {queue.queue_name}; {left} left in {queue.dead_name}"
+        )
+        if left_to_move is not None:
+            left_to_move -= moved
+            if left_to_move == 0:
+                return
 
 
 @dlq.command("purge")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(yes: bool) -> None:
-    """Delete every dead letter, after asking."""
-    queue = dead_letters()
+@shard_option
+def dlq_purge(yes: bool, shard: int | None) -> None:
+    """Delete every dead letter (of every shard, or of one), after asking."""
+    queues = dead_letters(shard)
     try:
-        count = queue.count()
-        if count == 0:
-            click.echo(f"{queue.dead_name} is empty")
+        counts = {queue.dead_name: queue.count() for queue in queues}
+        if not any(counts.values()):
+            click.echo(f"{', '.join(counts)} {'is' if len(counts) == 1 else 'are'} empty")
             return
-        if not yes and not click.confirm(f"Delete {count} dead-lettered message(s) for good?"):
+        total = sum(counts.values())
+        if not yes and not click.confirm(f"Delete {total} dead-lettered message(s) for good?"):
             fail("nothing deleted", 1)
-        purged = queue.purge()
+        for queue in queues:
+            if counts[queue.dead_name]:
+                click.echo(f"Purged {queue.purge()} message(s) from {queue.dead_name}")
     except TelemetryError as exc:
         fail(str(exc))
-    click.echo(f"Purged {purged} message(s) from {queue.dead_name}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 DEFAULT_MONGODB_URI = "mongodb://localhost:27017"
 DEFAULT_QUEUE_NAME = "telemetry"
 FILE_SUFFIX = "_FILE"
+# The most work-queue shards; a layout check asks after each count up to it.
+MAX_QUEUE_SHARDS = 32
 
 
 def setting(
@@ -183,6 +185,36 @@ class Settings(BaseModel):
         help="quorum (replicated on a cluster, with a delivery limit) or classic. Every worker "
         "and producer of a queue must agree; docs/scaling.md says how to change it.",
         flags=("worker", "stream", "scrape"),
+    )
+    queue_shards: int = setting(
+        1,
+        env="QUEUE_SHARDS",
+        help="Work queues, each GPU's points in one of them (by a hash of gpu_uuid): 1 is "
+        "the single queue <name>; N > 1 makes <name>.0-of-N ... <name>.(N-1)-of-N, their "
+        "leaders spread over a cluster's nodes. Every worker and producer must agree; "
+        "docs/operations.md says how to change it.",
+        flags=("worker", "stream", "scrape"),
+        ge=1,
+        le=MAX_QUEUE_SHARDS,
+    )
+    worker_shards: str | None = setting(
+        None,
+        env="WORKER_SHARDS",
+        help="The shards this worker consumes, as numbers separated by ',' (0,2). "
+        "Default: all of them.",
+        flags=("worker",),
+        flag="--shards",
+        pattern=r"^\d+(,\d+)*$",
+    )
+    drain_queue_shards: int | None = setting(
+        None,
+        env="DRAIN_QUEUE_SHARDS",
+        help="While QUEUE_SHARDS changes: the old count, whose queues the worker consumes "
+        "too until they are empty (docs/operations.md).",
+        flags=("worker",),
+        flag="--drain-shards",
+        ge=1,
+        le=MAX_QUEUE_SHARDS,
     )
     delivery_limit: int = setting(
         5,
@@ -482,6 +514,25 @@ class Settings(BaseModel):
             if count < 1 or index >= count:
                 raise ValueError("must be i/N with N >= 1 and 0 <= i < N, e.g. 0/3")
         return value
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> Settings:
+        too_high = [index for index in self.consumed_shards if index >= self.queue_shards]
+        if too_high:
+            raise ValueError(
+                f"WORKER_SHARDS names shard {too_high[0]}, but QUEUE_SHARDS={self.queue_shards} "
+                f"numbers them 0 to {self.queue_shards - 1}"
+            )
+        if self.drain_queue_shards == self.queue_shards:
+            raise ValueError("DRAIN_QUEUE_SHARDS is the old shard count; it equals QUEUE_SHARDS")
+        return self
+
+    @property
+    def consumed_shards(self) -> list[int]:
+        """The shards a worker consumes: WORKER_SHARDS, or every one."""
+        if self.worker_shards is None:
+            return list(range(self.queue_shards))
+        return sorted({int(index) for index in self.worker_shards.split(",")})
 
     def given(self, field: str) -> bool:
         """Whether ``field`` came from a flag or the environment rather than its default."""

@@ -44,6 +44,15 @@ def allows(account: Account, right: str, name: str) -> bool:
         ("operator", "read", "t.q-1", False),
         ("operator", "configure", "t.q-1", False),
         ("operator", "configure", "celeryev.5b8c0c1e", True),
+        # The shards of QUEUE_SHARDS > 1: the same rights, queue by queue.
+        ("producer", "write", "t.q-1.2-of-3", True),
+        ("producer", "write", "t.q-1.2-of-3.dead", False),
+        ("worker", "read", "t.q-1.0-of-3", True),
+        ("worker", "read", "t.q-1.0-of-3.dead", False),
+        ("worker", "configure", "t.q-1.1-of-3.retry.1000ms", True),
+        ("worker", "configure", "t.q-1.x-of-3", False),
+        ("operator", "read", "t.q-1.1-of-3.dead", True),
+        ("operator", "read", "t.q-1.1-of-3", False),
     ],
 )
 def test_each_account_may_touch_only_the_names_of_its_job(

@@ -85,8 +85,9 @@ TEXT_SAMPLES = {
     "broker_tls_verify_hostname": "true",
 }
 # What a setting needs beside it to be valid at all: TLS files only go with amqps:// URLs,
-# a client certificate with its key.
+# a client certificate with its key, a worker's shard numbers enough shards.
 CONTEXT = {
+    "worker_shards": {"QUEUE_SHARDS": "8"},
     "broker_tls_ca_file": {"CELERY_BROKER_URL": "amqps://rabbit-1//"},
     "broker_tls_cert_file": {
         "CELERY_BROKER_URL": "amqps://rabbit-1//",

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from telemetry.broker.connect import Broker, connect
-from telemetry.broker.topology import Topology
+from telemetry.broker.shards import ShardLayout
+from telemetry.broker.topology import Declarable
 from telemetry.config import load_settings
 
 # Celery's names: the control mailbox (a fanout exchange), the exchange replies go to,
@@ -79,7 +80,8 @@ def _any_of(*names: str) -> str:
 
 def layout(queue_name: str, prefix: str = "telemetry") -> list[Account]:
     """The three accounts of the work queue ``queue_name``, users named ``<prefix>-<role>``."""
-    q = re.escape(queue_name)
+    # The queue itself, or one of its shards (QUEUE_SHARDS > 1): <q>.<i>-of-<N>.
+    q = re.escape(queue_name) + r"(\.\d+-of-\d+)?"
     dlx, dead, retry, delay = rf"{q}\.dlx", rf"{q}\.dead", rf"{q}\.retry", rf"{q}\.retry\.\d+ms"
     producer = Account(
         "producer",
@@ -188,8 +190,9 @@ def delete(accounts: Sequence[Account], vhost: str | None, ctl: Ctl) -> None:
         ctl(["delete_vhost", vhost], None)
 
 
-def declare_topology(admin_url: str, topology: Topology) -> None:
-    """Declare the work queue's exchanges and queues as an account that may configure them."""
+def declare_topology(admin_url: str, topology: Declarable) -> None:
+    """Declare the work queue's exchanges and queues (every shard's) as an account that may
+    configure them."""
     connection = connect(Broker(admin_url))
     try:
         topology.declare(connection.channel())
@@ -257,9 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_urls(urls, args.secrets_dir):
             print(f"wrote {path}")
         if args.admin_url:
-            # Queue type, delivery limit and retries from the environment, as the workers'.
+            # Queue type, delivery limit, retries and shards from the environment, as the
+            # workers'.
             settings = load_settings(overrides={"queue_name": args.queue})
-            declare_topology(args.admin_url, Topology.of(settings))
+            declare_topology(args.admin_url, ShardLayout.of(settings))
             print(f"declared the queues of {args.queue!r} in {args.vhost!r}")
     except AccountsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,20 +17,19 @@ import amqp
 
 from telemetry.broker.messages import TaskMessage
 
-JsonPublish = Callable[[TaskMessage], None]
-"""Publishes one task message, its body encoded as JSON (UTF-8)."""
+JsonPublish = Callable[[TaskMessage, str, str], None]
+"""Publishes one task message, its body encoded as JSON (UTF-8), to an exchange with a
+routing key."""
 
 
-def json_publish(
-    channel: object, exchange: str, routing_key: str, delivery_mode: int
-) -> JsonPublish | None:
+def json_publish(channel: object, delivery_mode: int) -> JsonPublish | None:
     """A publisher of JSON task messages straight on ``channel``; None unless it is py-amqp's
     (the demo's in-memory broker has kombu's own channel)."""
     if not isinstance(channel, amqp.Channel):
         return None
     basic_publish = channel.basic_publish
 
-    def publish(message: TaskMessage) -> None:
+    def publish(message: TaskMessage, exchange: str, routing_key: str) -> None:
         basic_publish(
             amqp.Message(
                 json.dumps(message.body),

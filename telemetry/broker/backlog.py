@@ -11,14 +11,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from telemetry.broker.connect import Broker
+from telemetry.broker.connect import Broker, broker_errors, unavailable
 from telemetry.broker.publisher import ConfirmingPublisher
-from telemetry.broker.topology import Topology
+from telemetry.broker.shards import ShardLayout, layout_problem
+from telemetry.broker.topology import TopologyMismatch, TopologyMissing
 from telemetry.config import Settings
 
 logger = logging.getLogger("telemetry.broker.backlog")
@@ -28,31 +29,57 @@ LONGEST_PAUSE_S = 5.0
 
 
 def open_publisher(settings: Settings, compression: str | None = None) -> ConfirmingPublisher:
-    """A confirming publisher to the settings' queue, connected and declared.
+    """A confirming publisher to the settings' work queues, connected and declared.
 
     A broker that is down at start is an error at once (:class:`BrokerUnavailable`);
     one lost later is reconnected to, and every unconfirmed message sent again.
+    Raises :class:`TopologyMismatch` when ``QUEUE_SHARDS`` disagrees with the
+    count the workers use (:func:`layout_problem`).
     """
+    broker = Broker.of(settings)
     publisher = ConfirmingPublisher(
-        Broker.of(settings).connection(),
-        Topology.of(settings),
+        broker.connection(),
+        ShardLayout.of(settings),
         compression=compression,
         connect_retries=10,
     )
-    publisher.open(retries=1)
+    try:
+        publisher.open(retries=1)
+    except TopologyMissing as exc:
+        # A producer's account may not declare: its shards may be missing because the
+        # workers run another count, which says more than "start a worker".
+        problem = shard_count_problem(broker, settings)
+        raise (TopologyMismatch(problem) if problem else exc) from exc
+    if not broker.in_memory:
+        problem = shard_count_problem(broker, settings)
+        if problem is not None:
+            publisher.close()
+            raise TopologyMismatch(problem)
     return publisher
 
 
+def shard_count_problem(broker: Broker, settings: Settings) -> str | None:
+    """Why a producer's ``QUEUE_SHARDS`` would strand its points (one line), or None."""
+    connection = broker.connection()
+    try:
+        return layout_problem(connection, settings, producer=True)
+    except broker_errors(connection) as exc:
+        raise unavailable(broker, exc) from exc
+    finally:
+        connection.release()
+
+
 class QueueBacklog:
-    """Reads how many messages wait in a queue, on a connection of its own.
+    """Reads how many messages wait in the work queues (every shard's), on a connection
+    of its own.
 
     A broker that cannot be asked right now (it is restarting, say) reads as
     no backlog: the publisher is already retrying, and backpressure is advisory.
     """
 
-    def __init__(self, broker: Broker, queue_name: str) -> None:
+    def __init__(self, broker: Broker, queue_names: Sequence[str]) -> None:
         self._connection = broker.connection()
-        self._queue_name = queue_name
+        self._queue_names = list(queue_names)
         self._channel: Any = None
 
     def __call__(self) -> int:
@@ -65,7 +92,10 @@ class QueueBacklog:
         try:
             if self._channel is None:
                 self._channel = self._connection.channel()
-            return int(self._channel.queue_declare(self._queue_name, passive=True).message_count)
+            return sum(
+                int(self._channel.queue_declare(name, passive=True).message_count)
+                for name in self._queue_names
+            )
         except errors as exc:
             logger.warning("Could not read the queue backlog (%s); carrying on", exc)
             self.close()
@@ -80,7 +110,7 @@ class QueueBacklog:
 
 
 class Backpressure:
-    """Holds a producer back while the queue holds more than ``max_backlog`` messages.
+    """Holds a producer back while the work queues hold more than ``max_backlog`` messages.
 
     Waits grow from 0.1 s to 5 s, so a long outage of the workers costs the
     broker one question every few seconds, not a busy loop.

@@ -31,6 +31,8 @@ class TaskMessage:
     headers: dict[str, Any]
     properties: dict[str, Any]
     body: Any
+    # What picks the work-queue shard: the point's gpu_uuid, so a GPU stays in one shard.
+    shard_key: str = ""
 
 
 # Asked once: the host name does not change while a producer runs, and asking costs a
@@ -69,7 +71,9 @@ def build_task_message(
         "origin": _origin(),
     }
     properties = {"correlation_id": task_id}
-    return TaskMessage(task_id, headers, properties, [[], kwargs, _NO_WORKFLOW])
+    return TaskMessage(
+        task_id, headers, properties, [[], kwargs, _NO_WORKFLOW], str(point.get("gpu_uuid", ""))
+    )
 
 
 class _RandomIds:

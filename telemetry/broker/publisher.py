@@ -19,6 +19,7 @@ from kombu.exceptions import OperationalError
 from telemetry.broker.amqp_door import JsonPublish, json_publish
 from telemetry.broker.connect import broker_errors, unavailable
 from telemetry.broker.messages import TaskMessage
+from telemetry.broker.shards import ShardLayout
 from telemetry.broker.topology import Topology
 from telemetry.errors import BrokerUnavailable
 
@@ -40,18 +41,22 @@ class Publisher(Protocol):
 
 
 class ConfirmingPublisher:
-    """Sends task messages to one queue and counts what the broker confirmed."""
+    """Sends task messages to the work queues and counts what the broker confirmed.
+
+    Each message goes to the shard its ``shard_key`` hashes to, through that
+    shard's exchange; given one :class:`Topology`, always to its queue.
+    """
 
     def __init__(
         self,
         connection: Connection,
-        topology: Topology,
+        layout: ShardLayout | Topology,
         window: int = 500,
         compression: str | None = None,
         connect_retries: int = 5,
     ) -> None:
         self._connection = connection
-        self._topology = topology
+        self._layout = layout if isinstance(layout, ShardLayout) else ShardLayout.single(layout)
         self._window = max(1, window)
         self._compression = compression
         self._connect_retries = connect_retries
@@ -78,7 +83,7 @@ class ConfirmingPublisher:
                 interval_step=1,
                 interval_max=5,
             )
-            self._channel = self._topology.ensure(self._connection)
+            self._channel = self._layout.ensure(self._connection)
             self._confirms = hasattr(self._channel, "confirm_select")
             if self._confirms:
                 self._channel.confirm_select()
@@ -86,21 +91,9 @@ class ConfirmingPublisher:
                 self._channel.events["basic_nack"].add(self._on_nack)
             # No declare of its own: ensure() did what this account may do, and a
             # producer's account may not declare the exchange (it may only publish).
-            self._producer = Producer(
-                self._channel,
-                exchange=self._topology.work_queue().exchange,
-                routing_key=self._topology.queue_name,
-                auto_declare=False,
-            )
+            self._producer = Producer(self._channel, auto_declare=False)
             self._publish_json = (
-                json_publish(
-                    self._channel,
-                    self._producer.exchange.name,
-                    self._topology.queue_name,
-                    PERSISTENT,
-                )
-                if self._compression is None
-                else None
+                json_publish(self._channel, PERSISTENT) if self._compression is None else None
             )
             self._next_tag = 1
         except broker_errors(self._connection) as exc:
@@ -137,14 +130,18 @@ class ConfirmingPublisher:
     def _send_once(self, message: TaskMessage) -> None:
         # An invariant for mypy: a publisher is open()ed before anything is sent.
         assert self._producer is not None, "open() first"  # nosec B101
+        # Each shard's exchange and routing key are its work queue's name.
+        queue_name = self._layout.route(message.shard_key).queue_name
         if self._publish_json is not None and "content_type" not in message.properties:
             # A new message to RabbitMQ, uncompressed: py-amqp's own publish, without
             # kombu's Producer (see telemetry.broker.amqp_door).
-            self._publish_json(message)
+            self._publish_json(message, queue_name, queue_name)
         else:
             # Compressed, replayed as it was encoded, or not RabbitMQ (the demo's broker).
             self._producer.publish(
                 message.body,
+                exchange=queue_name,
+                routing_key=queue_name,
                 serializer="json",
                 compression=self._compression,
                 headers=message.headers,

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from amqp.exceptions import AccessRefused, NotFound, PreconditionFailed
 from kombu import Connection, Exchange, Queue
@@ -85,16 +85,28 @@ class Topology:
     queue_type: QueueType
     delivery_limit: int
     retry_ceilings_ms: tuple[int, ...] = ()
+    # Where RabbitMQ places a quorum queue's leader (``x-queue-leader-locator``); None
+    # leaves the argument out, and the leader on the node the declaring client is on.
+    leader_locator: str | None = None
 
     @classmethod
-    def of(cls, settings: Settings, retry: RetryPolicy | None = None) -> Topology:
-        """The topology the settings describe, with a delay queue per ceiling of ``retry``
-        (by default the policy of the settings alone)."""
+    def of(
+        cls,
+        settings: Settings,
+        retry: RetryPolicy | None = None,
+        *,
+        queue_name: str | None = None,
+        leader_locator: str | None = None,
+    ) -> Topology:
+        """The topology the settings describe, for their queue or for ``queue_name`` (a
+        shard), with a delay queue per ceiling of ``retry`` (by default the policy of the
+        settings alone)."""
         return cls(
-            settings.queue_name,
+            queue_name or settings.queue_name,
             settings.queue_type,
             settings.delivery_limit,
             tuple((retry or RetryPolicy.of(settings)).ceilings_ms()),
+            leader_locator,
         )
 
     @property
@@ -107,6 +119,8 @@ class Topology:
         if self.queue_type == "classic":
             return arguments
         typed = {"x-queue-type": "quorum", **arguments}
+        if self.leader_locator is not None:
+            typed["x-queue-leader-locator"] = self.leader_locator
         if dead_letters:
             # At-least-once dead-lettering needs reject-publish overflow (RabbitMQ 3.10+).
             typed["x-dead-letter-strategy"] = "at-least-once"
@@ -186,10 +200,17 @@ class Topology:
         other arguments; the channel is closed by RabbitMQ then.
         """
         for queue in (self.dead_queue(), self.work_queue(), *self.retry_queues()):
-            try:
-                queue(channel).declare()
-            except PreconditionFailed as exc:
-                raise self.mismatch(queue.name, exc) from exc
+            self.declare_queue(channel, queue)
+
+    def declare_queue(self, channel: Any, queue: Queue) -> None:
+        """Declare one of this topology's queues (with its exchange and binding) on ``channel``.
+
+        Raises :class:`TopologyMismatch` in one line when it exists with other arguments.
+        """
+        try:
+            queue(channel).declare()
+        except PreconditionFailed as exc:
+            raise self.mismatch(queue.name, exc) from exc
 
     def check(self, channel: Any) -> None:
         """Check passively that the work queue and its dead letters' path exist (this needs
@@ -219,15 +240,7 @@ class Topology:
         account relies on a worker, or ``tools/rabbitmq_accounts.py``, having
         declared it. Raises :class:`TopologyMismatch` or :class:`TopologyMissing`.
         """
-        channel = connection.channel()
-        try:
-            self.declare(channel)
-            return channel
-        except AccessRefused:
-            pass  # RabbitMQ closed that channel: check on a new one
-        channel = connection.channel()
-        self.check(channel)
-        return channel
+        return declared_or_checked(self, connection)
 
     def missing(self, kind: str, name: str) -> TopologyMissing:
         """The one-line error for a queue or exchange this account cannot declare."""
@@ -251,8 +264,36 @@ class Topology:
         )
 
 
+class Declarable(Protocol):
+    """Queues that can be declared, or checked passively: a :class:`Topology`, or several."""
+
+    def declare(self, channel: Any) -> None: ...
+
+    def check(self, channel: Any) -> None: ...
+
+
+def declared_or_checked(queues: Declarable, connection: Connection) -> Any:
+    """A channel of ``connection`` on which ``queues`` are declared, or, where this account
+    may not declare them, checked to exist (see :meth:`Topology.ensure`)."""
+    channel = connection.channel()
+    try:
+        queues.declare(channel)
+        return channel
+    except AccessRefused:
+        pass  # RabbitMQ closed that channel: check on a new one
+    channel = connection.channel()
+    queues.check(channel)
+    return channel
+
+
+class Ensurable(Protocol):
+    """Queues that can be made sure of on a connection: a :class:`Topology`, or several."""
+
+    def ensure(self, connection: Connection) -> Any: ...
+
+
 @contextmanager
-def topology_channel(broker: Broker, topology: Topology) -> Iterator[tuple[Connection, Any]]:
+def topology_channel(broker: Broker, topology: Ensurable) -> Iterator[tuple[Connection, Any]]:
     """A connection and a channel with the topology ensured, for short operator commands.
 
     Raises :class:`BrokerUnavailable` with one readable line if the broker
@@ -277,7 +318,7 @@ def queue_consumers(broker: Broker, topology: Topology) -> int:
         return int(channel.queue_declare(name, passive=True).consumer_count)
 
 
-def topology_problem(broker: Broker, topology: Topology) -> str | None:
+def topology_problem(broker: Broker, topology: Ensurable) -> str | None:
     """Why this topology cannot be declared on the broker (one line), or None if it can.
 
     None too when the broker cannot be reached now: a worker retries that.

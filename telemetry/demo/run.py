@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from telemetry.broker.connect import Broker
-from telemetry.broker.topology import Topology, queue_consumers
+from telemetry.broker.shards import ShardLayout
+from telemetry.broker.topology import queue_consumers
 from telemetry.config import Settings, masked
 from telemetry.demo.embedded import SecantusServer
 from telemetry.errors import BrokerUnavailable, StorageRejected, StorageUnavailable
@@ -195,7 +196,11 @@ def stall_diagnosis(settings: Settings) -> Callable[[], str]:
         if settings.broker_url.startswith("memory://"):
             return "the embedded worker stopped taking points; run with -v to see its log"
         try:
-            consumers = queue_consumers(Broker.of(settings), Topology.of(settings))
+            broker = Broker.of(settings)
+            consumers = max(
+                queue_consumers(broker, topology)
+                for topology in ShardLayout.of(settings).topologies
+            )
         except BrokerUnavailable as exc:
             return f"the broker stopped answering ({exc})"
         if consumers > 1:

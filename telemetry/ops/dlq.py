@@ -20,7 +20,10 @@ from kombu.exceptions import OperationalError
 from telemetry.broker.connect import Broker
 from telemetry.broker.messages import TaskMessage
 from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.shards import ShardLayout
 from telemetry.broker.topology import ERROR_HEADER, Topology, topology_channel
+from telemetry.config import Settings
+from telemetry.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,22 @@ class DeadLetterQueue:
         """Delete every dead letter; return how many there were."""
         with topology_channel(self.broker, self.topology) as (_, channel):
             return int(channel.queue_purge(self.dead_name) or 0)
+
+
+def shard_dead_letters(settings: Settings, shard: int | None = None) -> list[DeadLetterQueue]:
+    """The dead-letter queue of each shard, or of shard number ``shard`` only.
+
+    Raises :class:`ConfigError` when ``QUEUE_SHARDS`` has no such shard.
+    """
+    layout = ShardLayout.of(settings)
+    if shard is not None and shard >= layout.count:
+        raise ConfigError(
+            f"there is no shard {shard}: QUEUE_SHARDS={layout.count} numbers them "
+            f"0 to {layout.count - 1}"
+        )
+    chosen = layout.topologies if shard is None else (layout.topologies[shard],)
+    broker = Broker.of(settings)
+    return [DeadLetterQueue(broker, topology) for topology in chosen]
 
 
 def replay_message(message: Any) -> TaskMessage:

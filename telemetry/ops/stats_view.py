@@ -8,15 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from telemetry.broker.connect import Broker
+from telemetry.broker.shards import ShardLayout
 from telemetry.broker.status import STATS_COMMAND
-from telemetry.broker.topology import Topology, topology_channel
+from telemetry.broker.topology import topology_channel
 from telemetry.config import Settings
 from telemetry.observe.stats import COUNTERS
 
 
 def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
     """Counters of each worker consuming ``settings.queue_name``, a summary of each scraper
-    feeding it, and both queue depths.
+    feeding it, and the depth of each shard's work queue and dead letters (and of the
+    layout being drained, with ``DRAIN_QUEUE_SHARDS``).
 
     Raises :class:`BrokerUnavailable` if the broker cannot be reached.
     """
@@ -24,10 +26,14 @@ def cluster_stats(settings: Settings, timeout_s: float = 2.0) -> dict[str, Any]:
     from telemetry.worker.app import app, configure_broker
 
     configure_broker(app, settings)
-    topology = Topology.of(settings)
-    with topology_channel(Broker.of(settings), topology) as (connection, channel):
+    topologies = ShardLayout.of(settings).topologies
+    if settings.drain_queue_shards is not None:
+        topologies += ShardLayout.of(settings, settings.drain_queue_shards).topologies
+    layout = ShardLayout(topologies)
+    with topology_channel(Broker.of(settings), layout) as (connection, channel):
         depths = {
             name: int(channel.queue_declare(name, passive=True).message_count)
+            for topology in layout.topologies
             for name in (topology.queue_name, topology.dead_name)
         }
         replies = app.control.broadcast(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from telemetry.broker.backlog import QueueBacklog, open_publisher
 from telemetry.broker.connect import Broker
+from telemetry.broker.shards import ShardLayout
 from telemetry.broker.status import StatusResponder
 from telemetry.config import Settings
 from telemetry.errors import ConfigError
@@ -68,7 +69,7 @@ def run_scrape(
     # The targets file is checked before anything connects: a typo is exit 2, not a hang.
     targets = scraper.load_targets()
     publisher = open_publisher(settings, compression)
-    backlog = QueueBacklog(Broker.of(settings), settings.queue_name)
+    backlog = QueueBacklog(Broker.of(settings), ShardLayout.of(settings).work_queue_names())
     health: HealthServer | None = None
     responder: StatusResponder | None = None
     try:

@@ -19,6 +19,7 @@ from telemetry.broker.backlog import Backpressure, QueueBacklog, open_publisher
 from telemetry.broker.connect import Broker
 from telemetry.broker.messages import TaskMessage, build_task_message
 from telemetry.broker.publisher import Publisher
+from telemetry.broker.shards import ShardLayout
 from telemetry.config import Settings
 from telemetry.dcgm import BadRow, Row, read_dcgm_csv
 from telemetry.errors import ConfigError, CsvFormatError
@@ -234,7 +235,7 @@ def run_stream(
             total = min(total, options.limit)
         progress = ProgressBar(total, "streaming")
     publisher = open_publisher(settings, compression)
-    backlog = QueueBacklog(Broker.of(settings), settings.queue_name)
+    backlog = QueueBacklog(Broker.of(settings), ShardLayout.of(settings).work_queue_names())
     try:
         streamer = Streamer(
             publisher,

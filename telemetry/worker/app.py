@@ -28,7 +28,7 @@ from celery import Celery
 
 from telemetry.broker.connect import Broker, login_refused
 from telemetry.broker.retry_policy import RetryPolicy
-from telemetry.broker.topology import Topology, topology_problem
+from telemetry.broker.shards import consumed_layout, worker_layout_problem
 from telemetry.config import (
     Settings,
     environment_value,
@@ -72,11 +72,14 @@ def apply_settings(
     # A batch can only fill from unacked messages, so the buffer holds two at least.
     buffered = max(settings.queue_buffer_size, 2 * settings.batch_size)
     app.conf.worker_prefetch_multiplier = max(1, math.ceil(buffered / threads))
-    app.conf.task_queues = [Topology.of(settings).work_queue()]
+    consumed = consumed_layout(settings, retry_policy)
+    app.conf.task_queues = [topology.work_queue() for topology in consumed.topologies]
     app.conf.worker_send_task_events = settings.task_events != "off"
-    app.conf.task_default_queue = settings.queue_name
-    app.conf.task_default_exchange = settings.queue_name
-    app.conf.task_default_routing_key = settings.queue_name
+    # One of task_queues (with one shard: TELEMETRY_QUEUE itself).
+    default_queue = consumed.work_queue_names()[0]
+    app.conf.task_default_queue = default_queue
+    app.conf.task_default_exchange = default_queue
+    app.conf.task_default_routing_key = default_queue
     configure_broker(app, settings)
     attach_context(app, WorkerContext.start(settings, retry_policy))
     return threads
@@ -111,7 +114,7 @@ class TelemetryWorker(BaseWorker):
         # A refused login would be retried forever, a line every few seconds: say it once.
         broker = Broker.of(settings)
         refused = None if broker.in_memory else login_refused(broker)
-        problem = refused or topology_problem(broker, Topology.of(settings, retry))
+        problem = refused or worker_layout_problem(broker, settings, retry)
         if problem is not None:
             print(f"telemetry worker: {problem}", file=sys.stderr)
             raise SystemExit(1)

@@ -15,7 +15,7 @@ from typing import Any
 from celery import Celery, current_task, signals
 from celery.worker.control import inspect_command
 
-from telemetry.broker.topology import Topology
+from telemetry.broker.shards import consumed_layout
 from telemetry.config import Settings
 from telemetry.errors import TelemetryError
 from telemetry.observe import health, metrics
@@ -95,9 +95,10 @@ class WorkerHooks:
         self.consumer = sender
         context = context_of(sender.app)
         settings = context.settings
+        consumed = consumed_layout(settings, context.retry_policy)
         try:
             with sender.connection_for_write() as connection:
-                Topology.of(settings, context.retry_policy).declare(connection.default_channel)
+                consumed.declare(connection.default_channel)
         except (TelemetryError, *sender.connection_errors, *sender.channel_errors) as exc:
             # Logged, not fatal: the worker still consumes, and the next start declares them.
             logger.error("Could not declare the dead-letter and retry queues: %s", exc)
@@ -111,10 +112,10 @@ class WorkerHooks:
         )
         self.reporter.start()
         logger.info(
-            "Collector %s consuming %r, dead letters to %r, MongoDB database %r",
+            "Collector %s consuming %s, dead letters to %s, MongoDB database %r",
             settings.instance_id,
-            settings.queue_name,
-            Topology.of(settings).dead_name,
+            ", ".join(repr(name) for name in consumed.work_queue_names()),
+            ", ".join(repr(topology.dead_name) for topology in consumed.topologies),
             settings.mongodb_db,
         )
 

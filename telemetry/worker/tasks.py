@@ -23,7 +23,8 @@ from typing import Any
 
 from celery import Task
 
-from telemetry.broker.topology import ERROR_HEADER, TASK_NAME, Topology
+from telemetry.broker.shards import retry_topology
+from telemetry.broker.topology import ERROR_HEADER, TASK_NAME
 from telemetry.errors import StorageUnavailable
 from telemetry.worker.app import app
 from telemetry.worker.batcher import BatchResult
@@ -102,7 +103,9 @@ def ingest_task(self: IngestTask, /, *args: Any, **kwargs: Any) -> str:
     # work queue after ``delay``: no countdown, so no ETA held in a worker and no
     # whole-second rounding (Celery's native delayed delivery on quorum queues).
     # It carries the error, so a dead letter says why it died.
-    delay_queue = Topology.of(settings, policy).retry_queue(attempt)
+    # Back to the shard it came from: its routing key is that shard's work queue.
+    came_from = (self.request.delivery_info or {}).get("routing_key") or settings.queue_name
+    delay_queue = retry_topology(settings, came_from, policy).retry_queue(attempt)
     raise self.retry(
         exc=exc,
         countdown=0,

@@ -6,7 +6,7 @@ import os
 import shutil
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from pymongo.database import Database
 
 from telemetry.broker.messages import build_task_message
 from telemetry.broker.publisher import ConfirmingPublisher
+from telemetry.broker.shards import ShardLayout, consumed_layout
 from telemetry.broker.topology import Topology
 from telemetry.config import ENV_NAMES, Settings, load_settings
 from telemetry.demo.embedded import SecantusServer
@@ -78,8 +79,16 @@ def settings_for(queue_name: str, **environment: str) -> Settings:
     return load_settings(env=env)
 
 
-# The topologies each test declared (its workers' retry settings differ), for the clean-up.
+# The topologies each test declared (its workers' retry settings and shards differ), for
+# the clean-up.
 _declared: dict[str, list[Topology]] = {}
+
+
+def declared_shards(queue_name: str, **environment: str) -> ShardLayout:
+    """The shard layout of these settings on the test's queue, deleted after the test."""
+    layout = ShardLayout.of(settings_for(queue_name, **environment))
+    _declared.setdefault(queue_name, []).extend(layout.topologies)
+    return layout
 
 
 @pytest.fixture
@@ -88,12 +97,18 @@ def queue_name(broker_url: str) -> Iterator[str]:
     name = f"t.{uuid.uuid4().hex[:12]}"
     _declared[name] = [Topology.of(settings_for(name))]
     yield name
-    names = {queue for topology in _declared.pop(name) for queue in topology.queue_names()}
-    with Connection(broker_url) as connection:
+    delete_topologies(broker_url, _declared.pop(name))
+
+
+def delete_topologies(url: str, topologies: Sequence[Topology]) -> None:
+    """Delete every queue and exchange of ``topologies`` on the broker at ``url``."""
+    names = {queue for topology in topologies for queue in topology.queue_names()}
+    exchanges = {exchange for topology in topologies for exchange in topology.exchange_names()}
+    with Connection(url) as connection:
         channel = connection.channel()
         for queue in sorted(names):
             channel.queue_delete(queue)
-        for exchange in Topology.of(settings_for(name)).exchange_names():
+        for exchange in sorted(exchanges):
             channel.exchange_delete(exchange)
 
 
@@ -154,8 +169,10 @@ def start_worker(
         if os.environ.get("TEST_QUEUE_TYPE"):
             env["QUEUE_TYPE"] = os.environ["TEST_QUEUE_TYPE"]
         env.update({key.upper(): value for key, value in settings.items()})
-        _declared.setdefault(queue_name, []).append(
-            Topology.of(settings_for(queue_name, **{k: v for k, v in env.items() if k in NAMES}))
+        _declared.setdefault(queue_name, []).extend(
+            consumed_layout(
+                settings_for(queue_name, **{k: v for k, v in env.items() if k in NAMES})
+            ).topologies
         )
         log = tmp_path / f"worker-{len(started) + 1}.log"
         worker = WorkerProcess(env, log, concurrency, app=app, cwd=cwd)

@@ -230,6 +230,33 @@ def test_a_producer_before_any_queue_exists_says_how_to_make_them(
     assert "python -m tools.rabbitmq_accounts" in line
 
 
+def test_a_producer_on_another_shard_count_than_the_workers_says_which_and_the_way_out(
+    broker_accounts: BrokerAccounts, queue_name: str, tmp_path: Path
+) -> None:
+    # given: the single queue, declared, with points waiting in it
+    broker_accounts.declare_queues()
+    sender = ConfirmingPublisher(Connection(broker_accounts.admin_url), broker_accounts.topology)
+    sender.open()
+    publish_points(sender, make_points(3))
+    sender.close()
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(SAMPLE_CSV.read_text().splitlines()[:3]) + "\n")
+    # when: a producer, whose account may not declare queues, is told 3 shards
+    env = cli_env(
+        CELERY_BROKER_URL=broker_accounts.urls["producer"],
+        TELEMETRY_QUEUE=queue_name,
+        QUEUE_SHARDS="3",
+        LOG_FORMAT="text",
+    )
+    result = telemetry_command("stream", str(rows), env=env)
+    # then: one line names the count in use and the way out
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = (result.stdout + result.stderr).strip().splitlines()
+    assert "QUEUE_SHARDS=3, but the broker's queue" in line
+    assert "in use with 1 shard(s) (3 message(s) waiting" in line
+    assert "set QUEUE_SHARDS=1 like the rest" in line
+
+
 @pytest.mark.parametrize("role", ["producer", "worker", "operator"])
 def test_the_accounts_layout_is_what_the_tool_shows(
     broker_accounts: BrokerAccounts, role: str
