@@ -22,6 +22,7 @@ from telemetry.store.lazy import LazyStore
 from telemetry.store.mongo import GpuUpdate, MongoTelemetryStore
 from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
 from telemetry.worker.recorder import Recorder
+from tests.fakes import UncachedGpus
 
 # Property tests (tests/test_fuzz_*.py) are bounded so the whole fuzz run stays under a
 # minute on a 2-core CI machine. Under CI=true they are derandomized: a red CI run
@@ -126,10 +127,10 @@ def recorder(stats: Stats, collector_metrics: CollectorMetrics) -> Recorder:
 def worker_context(
     settings: Settings, mock_store: MongoTelemetryStore, recorder: Recorder
 ) -> WorkerContext:
-    """A worker context on the mongomock store, without a GPU cache, counting into ``recorder``,
-    retrying as the settings say."""
+    """A worker context on the mongomock store, writing every GPU update, counting into
+    ``recorder``, retrying as the settings say."""
     return WorkerContext(
-        settings, LazyStore(lambda: mock_store), recorder, None, RetryPolicy.of(settings)
+        settings, LazyStore(lambda: mock_store), recorder, UncachedGpus(), RetryPolicy.of(settings)
     )
 
 

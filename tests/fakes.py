@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from telemetry.broker.messages import TaskMessage
+from telemetry.store.gpucache import GpuCache
+from telemetry.store.mongo import GpuUpdate
 
 
 class FakePublisher:
@@ -17,3 +19,16 @@ class FakePublisher:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         self.confirmed = len(self.sent)
+
+
+class UncachedGpus(GpuCache):
+    """A GPU cache that knows nothing: every GPU update is written, as with no cache."""
+
+    def __init__(self) -> None:
+        super().__init__(lag_s=0.0)
+
+    def needs_write(self, update: GpuUpdate) -> bool:
+        return True
+
+    def remember(self, update: GpuUpdate) -> None:
+        return None

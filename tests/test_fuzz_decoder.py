@@ -40,6 +40,7 @@ from telemetry.worker.celery.message import OfferedMessage
 from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
 from telemetry.worker.ingest import DecodedMessage, ingest
 from telemetry.worker.recorder import Recorder
+from tests.fakes import UncachedGpus
 from tests.fuzz_strategies import json_values, metadata_objects, point_objects, valid_points
 
 COMPRESSORS = {"gzip": gzip.compress, "zlib": zlib.compress, "bzip2": bz2.compress}
@@ -127,7 +128,7 @@ class Worker:
         else:
             self.handle(message)
         outcomes.extend(self.run(request) for request in self.requests)
-        for outcome in ingest(self.store, self.taken).outcomes:
+        for outcome in ingest(self.store, self.taken, UncachedGpus()).outcomes:
             outcomes.append(outcome.rejection.value if outcome.rejection else outcome.kind)
         return outcomes
 
@@ -145,7 +146,11 @@ def worker() -> Iterator[Worker]:
     app = tasks.ingest_task.app
     previous = vars(app).get(CONTEXT_ATTRIBUTE)
     context = WorkerContext(
-        settings, LazyStore(lambda: store), Recorder.fresh(), None, RetryPolicy.of(settings)
+        settings,
+        LazyStore(lambda: store),
+        Recorder.fresh(),
+        UncachedGpus(),
+        RetryPolicy.of(settings),
     )
     attach_context(app, context)
     yield built

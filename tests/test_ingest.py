@@ -15,6 +15,7 @@ from telemetry.store.gpucache import GpuCache
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker.ingest import DecodedMessage, Outcome, ingest
 from telemetry.worker.recorder import Recorder
+from tests.fakes import UncachedGpus
 
 
 def ingest_batch(
@@ -24,7 +25,7 @@ def ingest_batch(
     gpu_cache: GpuCache | None = None,
 ) -> list[Outcome]:
     """The write path, and its outcomes counted into ``stats`` as a worker counts them."""
-    result = ingest(store, messages, gpu_cache)
+    result = ingest(store, messages, gpu_cache or UncachedGpus())
     Recorder(stats, CollectorMetrics.fresh()).ingested(result)
     return result.outcomes
 

@@ -17,6 +17,7 @@ from telemetry.observe.stats import Count
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker.ingest import DecodedMessage, ingest, reject_undecodable
 from telemetry.worker.recorder import Recorder
+from tests.fakes import UncachedGpus
 
 
 def sample(collected: CollectorMetrics, name: str, **labels: str) -> float:
@@ -41,7 +42,7 @@ def test_rejected_messages_are_counted_by_reason_and_every_reason_starts_at_zero
         DecodedMessage("bad-2", (), {"point": dict(sample_point, gpu_uuid="")}),
         DecodedMessage("bad-3", (), {"point": sample_point, "metadata": "x"}),
     ]
-    recorder.ingested(ingest(mock_store, bad))
+    recorder.ingested(ingest(mock_store, bad, UncachedGpus()))
     recorder.ingested(
         reject_undecodable(
             mock_store, "cannot decode body: x", RejectionKind.UNDECODABLE, "bad-4", b"{"
@@ -88,7 +89,9 @@ def test_a_stored_point_records_its_latency_and_one_write_of_one_point(
     point = dict(sample_point, timestamp=format_timestamp(published))
     # when: it arrives twice
     for _ in range(2):
-        recorder.ingested(ingest(mock_store, [DecodedMessage("m-1", (), {"point": point})]))
+        recorder.ingested(
+            ingest(mock_store, [DecodedMessage("m-1", (), {"point": point})], UncachedGpus())
+        )
     # then: two writes of one point each, one latency (the duplicate stored nothing)
     assert sample(collector_metrics, "telemetry_db_write_seconds_count") == 2
     assert sample(collector_metrics, "telemetry_db_write_batch_size_sum") == 2
@@ -114,7 +117,9 @@ def test_a_write_that_fails_is_not_timed(
         raise StorageUnavailable("storing points: connection refused")
 
     monkeypatch.setattr(mock_store, "insert_points", down)
-    recorder.ingested(ingest(mock_store, [DecodedMessage("m-1", (), {"point": sample_point})]))
+    recorder.ingested(
+        ingest(mock_store, [DecodedMessage("m-1", (), {"point": sample_point})], UncachedGpus())
+    )
     assert sample(collector_metrics, "telemetry_db_write_seconds_count") == 0
     assert sample(collector_metrics, "telemetry_messages_processed_total") == 0
 

@@ -17,6 +17,7 @@ from telemetry.store.mongo import (
     point_document,
 )
 from telemetry.worker.ingest import DecodedMessage, ingest
+from tests.fakes import UncachedGpus
 
 UUID = "GPU-5fd4f087-86f3-7a43-b711-4771313afc50"
 METRIC = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"
@@ -43,7 +44,9 @@ def store_all(
         DecodedMessage(f"msg-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    return [outcome.kind for outcome in ingest(store, messages, gpu_cache).outcomes]
+    return [
+        outcome.kind for outcome in ingest(store, messages, gpu_cache or UncachedGpus()).outcomes
+    ]
 
 
 def test_two_instances_of_one_gpu_metric_and_time_are_both_stored(

@@ -37,7 +37,7 @@ class WorkerContext:
     settings: Settings
     stores: LazyStore
     recorder: Recorder
-    gpu_cache: GpuCache | None
+    gpu_cache: GpuCache
     # Resolved once, at start (telemetry.worker.retry_options): the retry queues the
     # worker declares and the retries its tasks schedule follow the same policy.
     retry_policy: RetryPolicy

@@ -105,14 +105,14 @@ class Ingested:
 def ingest(
     store: TelemetryWrites,
     messages: Sequence[DecodedMessage],
-    gpu_cache: GpuCache | None = None,
+    gpu_cache: GpuCache,
 ) -> Ingested:
     """Validate and store ``messages``; one outcome each, in order. Never raises for storage.
 
     Invalid messages are recorded in one write; the GPUs that need it are
     upserted in one unordered bulk write (GPUs first, so a retried point
     repeats only idempotent upserts); then the points go in one unordered
-    insert. With a ``gpu_cache``, GPU upserts that would change nothing are
+    insert. GPU upserts that ``gpu_cache`` knows would change nothing are
     skipped.
     """
     outcomes: list[Outcome | None] = [None] * len(messages)
@@ -152,22 +152,20 @@ def ingest(
 def store_points(
     store: TelemetryWrites,
     points: Sequence[tuple[Point, GpuMetadata]],
-    gpu_cache: GpuCache | None,
+    gpu_cache: GpuCache,
 ) -> Ingested:
     """Upsert the points' GPUs, then insert the points; one outcome per point."""
     now = datetime.now(UTC)
     updates = GpuUpdate.merge(points)
-    if gpu_cache is not None:
-        updates = [update for update in updates if gpu_cache.needs_write(update)]
+    updates = [update for update in updates if gpu_cache.needs_write(update)]
     documents = [point_document(point, metadata, now) for point, metadata in points]
     gpus_written = 0
     try:
         started = time.perf_counter()
         store.upsert_gpus(updates, now)
         gpus_written = len(updates)
-        if gpu_cache is not None:
-            for update in updates:
-                gpu_cache.remember(update)
+        for update in updates:
+            gpu_cache.remember(update)
         results = store.insert_points(documents)
         write_s = time.perf_counter() - started
     except (StorageUnavailable, StorageRejected) as exc:

@@ -22,6 +22,7 @@ from telemetry.api import ApiServer, create_app
 from telemetry.api.params import format_time
 from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker.ingest import DecodedMessage, OutcomeKind, ingest
+from tests.fakes import UncachedGpus
 from tests.integration.api_support import (
     BASE,
     REPO,
@@ -270,7 +271,7 @@ def ingest_points(
         DecodedMessage(f"m-{index}", (), {"point": point, "metadata": metadata})
         for index, (point, metadata) in enumerate(messages)
     ]
-    outcomes = ingest(writer, decoded).outcomes
+    outcomes = ingest(writer, decoded, UncachedGpus()).outcomes
     assert {outcome.kind for outcome in outcomes} == {OutcomeKind.STORED}, outcomes
 
 
