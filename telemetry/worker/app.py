@@ -178,7 +178,9 @@ def celery_options(module: ModuleType) -> dict[str, Any]:
 def worker_flag(field: str) -> click.Option:
     """The ``celery worker`` flag of one setting (``--batch-size`` for ``batch_size``)."""
     annotation = Settings.model_fields[field].annotation
-    flag_type = annotation if annotation in (int, float) else str
+    # An optional number (``int | None``) is still a number on the command line.
+    numeric = [kind for kind in (int, float) if annotation in (kind, kind | None)]
+    flag_type = numeric[0] if numeric else str
     return click.Option(
         [flag_name(field), field], type=flag_type, default=None, help=flag_help(field)
     )
