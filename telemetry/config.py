@@ -191,8 +191,8 @@ class Settings(BaseModel):
         env="QUEUE_SHARDS",
         help="Work queues, each GPU's points in one of them (by a hash of gpu_uuid): 1 is "
         "the single queue <name>; N > 1 makes <name>.0-of-N ... <name>.(N-1)-of-N, their "
-        "leaders spread over a cluster's nodes. Every worker and producer must agree; "
-        "docs/operations.md says how to change it.",
+        "leaders spread over a cluster's nodes; at most 32. Every worker and producer must "
+        "agree; docs/operations.md says how to change it.",
         flags=("worker", "stream", "scrape"),
         ge=1,
         le=MAX_QUEUE_SHARDS,
@@ -421,6 +421,7 @@ class Settings(BaseModel):
         env="API_HOST",
         help="Address `telemetry api` listens on.",
         flags=("api",),
+        flag="--host",
         min_length=1,
     )
     api_port: int = setting(
@@ -428,6 +429,7 @@ class Settings(BaseModel):
         env="API_PORT",
         help="Port `telemetry api` listens on.",
         flags=("api",),
+        flag="--port",
         ge=1,
         le=65_535,
     )

@@ -44,7 +44,7 @@ task_acks_on_timeout = False
 task_reject_on_worker_lost = True
 
 # The work is I/O-bound (a MongoDB round trip per point): threads share one
-# MongoClient and one set of counters per worker. The README has the figures.
+# MongoClient and one set of counters per worker. docs/performance.md has the figures.
 worker_pool = "threads"
 # Set when a worker starts, from QUEUE_WORKERS and QUEUE_BUFFER_SIZE (or -c and
 # --prefetch-multiplier); left unset here so `celery worker` passes None for them.
