@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import mongomock
@@ -178,15 +179,25 @@ def tmp_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
 
 
+@contextmanager
+def context_attached(app: Celery, context: WorkerContext) -> Iterator[Celery]:
+    """``app`` running with ``context`` as a started worker would, until the block ends;
+    then with the context it had before, if any."""
+    previous = vars(app).get(CONTEXT_ATTRIBUTE)
+    attach_context(app, context)
+    try:
+        yield app
+    finally:
+        if previous is None:
+            delattr(app, CONTEXT_ATTRIBUTE)
+        else:
+            attach_context(app, previous)
+
+
 @pytest.fixture
 def collector_app(worker_context: WorkerContext) -> Iterator[Celery]:
     """The collector's Celery app, running with ``worker_context`` as a started worker would."""
     from telemetry.worker.tasks import app  # registers telemetry.ingest
 
-    previous = vars(app).get(CONTEXT_ATTRIBUTE)
-    attach_context(app, worker_context)
-    yield app
-    if previous is None:
-        delattr(app, CONTEXT_ATTRIBUTE)
-    else:
-        attach_context(app, previous)
+    with context_attached(app, worker_context):
+        yield app

@@ -37,9 +37,10 @@ from telemetry.store.mongo import MongoTelemetryStore
 from telemetry.worker import tasks
 from telemetry.worker.celery.intake import GuardedConsumer
 from telemetry.worker.celery.message import OfferedMessage
-from telemetry.worker.context import CONTEXT_ATTRIBUTE, WorkerContext, attach_context
+from telemetry.worker.context import WorkerContext
 from telemetry.worker.ingest import DecodedMessage, ingest
 from telemetry.worker.recorder import Recorder
+from tests.conftest import context_attached
 from tests.fakes import UncachedGpus
 from tests.fuzz_strategies import json_values, metadata_objects, point_objects, valid_points
 
@@ -143,8 +144,6 @@ def worker() -> Iterator[Worker]:
     store = MongoTelemetryStore(database, settings)
     store.upsert_gpus = lambda updates, now: None  # type: ignore[method-assign]
     built = Worker(store)
-    app = tasks.ingest_task.app
-    previous = vars(app).get(CONTEXT_ATTRIBUTE)
     context = WorkerContext(
         settings,
         LazyStore(lambda: store),
@@ -152,12 +151,8 @@ def worker() -> Iterator[Worker]:
         UncachedGpus(),
         RetryPolicy.of(settings),
     )
-    attach_context(app, context)
-    yield built
-    if previous is None:
-        delattr(app, CONTEXT_ATTRIBUTE)
-    else:
-        attach_context(app, previous)
+    with context_attached(tasks.ingest_task.app, context):
+        yield built
 
 
 task_bodies = st.builds(
